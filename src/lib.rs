@@ -1,1 +1,344 @@
-pub fn placeholder() {}
+//! sts-broker: assumes IAM roles through AWS STS ahead of expiry and serves the credentials
+//! to local workloads over the ECS container-credentials endpoint.
+//!
+//! # Layout
+//! - [`config`]: the TOML model and validation (a leaf: plain data);
+//! - [`creds`]: secret-bearing types that redact and zeroize themselves;
+//! - [`sts`]: the one module that talks to STS; [`source`]: the broker's own credentials;
+//! - [`cache`]: pre-rendered responses per role, single-flight loads;
+//! - [`refresh`]: the schedule (refresh ahead, jitter, back-off, rate limit);
+//! - [`server`]: the ECS and admin listeners (read the cache, never STS);
+//! - [`state`]: the snapshot handlers read; [`metrics`], [`signals`], [`commands`];
+//! - this file wires it together: [`Broker`] and [`run`].
+//!
+//! Imports run one way: `config` ← `sts`/`source` ← `refresh` → `cache` ← `server`.
+
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod commands;
+pub mod config;
+pub mod creds;
+pub mod logging;
+pub mod metrics;
+pub mod refresh;
+pub mod server;
+pub mod signals;
+pub mod source;
+pub mod state;
+pub mod sts;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::{CredentialCache, RoleKey, RoleSlot};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::refresh::{RateLimiter, Upstream};
+use crate::server::{admin, ecs, http};
+use crate::state::{Snapshot, TokenIndex};
+
+/// How long open connections get to finish after shutdown starts.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Most role generations the cache holds at once.
+const CACHE_CAPACITY: u64 = 100_000;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({endpoint}): {source}")]
+    Bind {
+        endpoint: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot set up STS: {0}")]
+    Sts(String),
+}
+
+/// Why a reload was not applied. The old configuration keeps serving in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("invalid configuration:\n{0}")]
+    Invalid(#[from] config::ConfigErrors),
+    #[error("{0} cannot change without a restart")]
+    Rejected(&'static str),
+    #[error("cannot set up STS with the new configuration: {0}")]
+    Sts(String),
+}
+
+/// A running broker: listeners, refresh tasks, cache.
+#[derive(Debug)]
+pub struct Broker {
+    config: Arc<ArcSwap<Config>>,
+    state: Arc<ArcSwap<Snapshot>>,
+    upstream: Arc<ArcSwap<Upstream>>,
+    cache: Arc<CredentialCache>,
+    metrics: Arc<Metrics>,
+    /// Stops the listeners.
+    listeners_stop: CancellationToken,
+    /// Stops every refresh task (each also has its own child token).
+    refresh_stop: CancellationToken,
+    listeners: TaskTracker,
+    refreshers: TaskTracker,
+    role_tasks: Mutex<HashMap<RoleKey, CancellationToken>>,
+    generation: AtomicU64,
+    ecs_addrs: Vec<SocketAddr>,
+    admin_addrs: Vec<SocketAddr>,
+}
+
+impl Broker {
+    /// Binds every listener, then starts the refresh tasks (listen first, then prefetch:
+    /// `/readyz` tells when the credentials are in).
+    ///
+    /// # Errors
+    /// When a listener cannot bind or STS cannot be set up (no region).
+    pub async fn start(config: Config) -> Result<Broker, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let ecs_listeners = bind_all("ecs", &config.ecs.listen).await?;
+        let admin_listeners = bind_all("admin", &config.admin.listen).await?;
+
+        let sts = source::build_sts(&config).await.map_err(StartError::Sts)?;
+        let upstream = Arc::new(ArcSwap::from_pointee(Upstream {
+            sts,
+            limiter: RateLimiter::new(config.sts.max_calls_per_second),
+        }));
+        let min_remaining = config.refresh.min_remaining;
+        let config = Arc::new(ArcSwap::from_pointee(config));
+        let fetch = refresh::fetcher(
+            Arc::clone(&upstream),
+            Arc::clone(&config),
+            Arc::clone(&metrics),
+        );
+        let cache = CredentialCache::new(fetch, min_remaining, CACHE_CAPACITY);
+        let current = config.load_full();
+        let state = Arc::new(ArcSwap::from_pointee(Snapshot {
+            config: Arc::clone(&current),
+            roles: HashMap::new(),
+            tokens: TokenIndex::default(),
+        }));
+
+        let broker = Broker {
+            config,
+            state,
+            upstream,
+            cache,
+            metrics,
+            listeners_stop: CancellationToken::new(),
+            refresh_stop: CancellationToken::new(),
+            listeners: TaskTracker::new(),
+            refreshers: TaskTracker::new(),
+            role_tasks: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            ecs_addrs: local_addrs(&ecs_listeners),
+            admin_addrs: local_addrs(&admin_listeners),
+        };
+        broker.apply_roles(&current, &HashMap::new()).await;
+
+        let ecs_ctx = Arc::new(ecs::EcsContext {
+            state: Arc::clone(&broker.state),
+            cache: Arc::clone(&broker.cache),
+            metrics: Arc::clone(&broker.metrics),
+        });
+        for l in ecs_listeners {
+            let ctx = Arc::clone(&ecs_ctx);
+            broker.spawn_listener(l, "ecs", move |req, peer| {
+                ecs::handle(Arc::clone(&ctx), req, peer)
+            });
+        }
+        let admin_ctx = Arc::new(admin::AdminContext {
+            state: Arc::clone(&broker.state),
+            cache: Arc::clone(&broker.cache),
+            metrics: Arc::clone(&broker.metrics),
+        });
+        for l in admin_listeners {
+            let ctx = Arc::clone(&admin_ctx);
+            broker.spawn_listener(l, "admin", move |req, peer| {
+                admin::handle(Arc::clone(&ctx), req, peer)
+            });
+        }
+        Ok(broker)
+    }
+
+    fn spawn_listener<H, F>(&self, listener: TcpListener, endpoint: &'static str, handler: H)
+    where
+        H: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> F
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        F: Future<Output = hyper::Response<http::Body>> + Send + 'static,
+    {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(endpoint, %addr, "listening");
+        }
+        self.listeners.spawn(http::serve(
+            listener,
+            endpoint,
+            handler,
+            self.listeners_stop.clone(),
+            SHUTDOWN_GRACE,
+        ));
+    }
+
+    /// Addresses the ECS listeners are bound to (port 0 resolved).
+    pub fn ecs_addrs(&self) -> &[SocketAddr] {
+        &self.ecs_addrs
+    }
+
+    /// Addresses the admin listeners are bound to (port 0 resolved).
+    pub fn admin_addrs(&self) -> &[SocketAddr] {
+        &self.admin_addrs
+    }
+
+    /// The metrics registry (tests and embedding programs).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Makes the snapshot match `config.roles`: keeps the slot (and cached credentials) of
+    /// every role whose spec is unchanged, starts new and changed roles, stops removed ones.
+    async fn apply_roles(&self, config: &Arc<Config>, old: &HashMap<String, Arc<RoleSlot>>) {
+        let mut roles = HashMap::new();
+        let mut tasks = self.role_tasks.lock().await;
+        for role in &config.roles {
+            let slot = match old.get(&role.name) {
+                Some(slot) if slot.config.spec == role.spec => Arc::clone(slot),
+                _ => {
+                    let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+                    let slot = RoleSlot::new(Arc::clone(role), generation);
+                    let stop = self.refresh_stop.child_token();
+                    tasks.insert(slot.key.clone(), stop.clone());
+                    self.refreshers.spawn(refresh::role_loop(
+                        Arc::clone(&self.cache),
+                        Arc::clone(&slot),
+                        Arc::clone(&self.config),
+                        stop,
+                    ));
+                    slot
+                }
+            };
+            roles.insert(role.name.clone(), slot);
+        }
+        for (name, slot) in old {
+            if roles.get(name).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+                // Kept: let its loop recompute the schedule with the new [refresh].
+                slot.wake.notify_one();
+                continue;
+            }
+            if let Some(stop) = tasks.remove(&slot.key) {
+                stop.cancel();
+            }
+            self.cache.remove(&slot.key).await;
+            if !roles.contains_key(name) {
+                self.metrics.forget_role(name);
+            }
+        }
+        self.state.store(Arc::new(Snapshot {
+            config: Arc::clone(config),
+            roles,
+            tokens: TokenIndex::build(config),
+        }));
+    }
+
+    /// Applies a new configuration, or leaves the running one untouched and says why.
+    /// Counted in `sts_broker_config_reloads_total{outcome}`.
+    ///
+    /// # Errors
+    /// A changed listen address (needs a restart) or an STS set-up failure.
+    pub async fn reload(&self, new: Config) -> Result<(), ReloadError> {
+        let result = self.try_reload(new).await;
+        let outcome = match &result {
+            Ok(()) => "ok",
+            Err(ReloadError::Rejected(_)) => "rejected",
+            Err(_) => "error",
+        };
+        self.metrics.observe_reload(outcome);
+        result
+    }
+
+    async fn try_reload(&self, new: Config) -> Result<(), ReloadError> {
+        let current = self.config.load_full();
+        if new.ecs.listen != current.ecs.listen {
+            return Err(ReloadError::Rejected("[ecs].listen"));
+        }
+        if new.admin.listen != current.admin.listen {
+            return Err(ReloadError::Rejected("[admin].listen"));
+        }
+        if new.sts != current.sts || new.source != current.source {
+            let sts = source::build_sts(&new).await.map_err(ReloadError::Sts)?;
+            self.upstream.store(Arc::new(Upstream {
+                sts,
+                limiter: RateLimiter::new(new.sts.max_calls_per_second),
+            }));
+        }
+        for w in &new.warnings {
+            tracing::warn!(warning = %w, "configuration warning");
+        }
+        let new = Arc::new(new);
+        self.cache.set_min_remaining(new.refresh.min_remaining);
+        self.config.store(Arc::clone(&new));
+        let old = self.state.load_full().roles.clone();
+        self.apply_roles(&new, &old).await;
+        tracing::info!(roles = new.roles.len(), "configuration reloaded");
+        Ok(())
+    }
+
+    /// Stops accepting, lets open requests finish (bounded by [`SHUTDOWN_GRACE`]) and stops
+    /// the refresh tasks.
+    pub async fn shutdown(self) {
+        self.listeners_stop.cancel();
+        self.refresh_stop.cancel();
+        self.listeners.close();
+        self.refreshers.close();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), async {
+            self.listeners.wait().await;
+            self.refreshers.wait().await;
+        })
+        .await;
+        tracing::info!("stopped");
+    }
+}
+
+async fn bind_all(
+    endpoint: &'static str,
+    addrs: &[SocketAddr],
+) -> Result<Vec<TcpListener>, StartError> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for &addr in addrs {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                endpoint,
+                addr,
+                source,
+            })?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+fn local_addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {
+    listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+}
+
+/// Runs a broker with `config` until `shutdown` completes, then drains and returns.
+///
+/// # Errors
+/// When the broker cannot start.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let broker = Broker::start(config).await?;
+    shutdown.await;
+    broker.shutdown().await;
+    Ok(())
+}

@@ -1,1 +1,168 @@
-fn main() {}
+//! `sts-broker`: parse the command line, load the config, hand over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use sts_broker::config::{Config, DEFAULT_CONFIG_PATH, ENV_CONFIG, LoadContext};
+use sts_broker::logging::{self, LogFormat};
+use sts_broker::signals::{self, Control};
+use sts_broker::{Broker, commands};
+
+/// sysexits: the config is invalid.
+const EX_CONFIG: u8 = 78;
+/// sysexits: a service (STS, a port) is unavailable.
+const EX_UNAVAILABLE: u8 = 69;
+
+#[derive(Parser, Debug)]
+#[command(name = "sts-broker", version, about = "Assumes IAM roles through AWS STS ahead of expiry and serves the credentials to local workloads")]
+struct Cli {
+    /// Log format (default: json when stderr is not a terminal).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug)]
+struct ConfigArg {
+    /// Config file.
+    #[arg(short = 'c', long = "config", env = ENV_CONFIG, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon.
+    Serve(ConfigArg),
+    /// Validate the config and print a summary; lists every problem at once.
+    Check(ConfigArg),
+    /// Print the export lines a workload needs to use a role through the ECS endpoint.
+    Env {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Role name.
+        #[arg(long)]
+        role: String,
+    },
+    /// Assume a role once and print credential_process JSON (Version 1).
+    CredentialProcess {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Role name.
+        #[arg(long)]
+        role: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = cli.log_format.unwrap_or_else(|| {
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            LogFormat::Pretty
+        } else {
+            LogFormat::Json
+        }
+    });
+    logging::init(format);
+    let ctx = LoadContext::from_system();
+    let path = match &cli.command {
+        Command::Serve(c) | Command::Check(c) => &c.config,
+        Command::Env { config, .. } | Command::CredentialProcess { config, .. } => &config.config,
+    };
+    let config = match Config::load(path, &ctx) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} problem(s) in {}", errors.0.len(), path.display());
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    match cli.command {
+        Command::Check(_) => {
+            print!("{}", commands::check_summary(&config));
+            ExitCode::SUCCESS
+        }
+        Command::Env { role, .. } => match commands::env_lines(&config, &role) {
+            Ok(lines) => {
+                print!("{lines}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EX_CONFIG)
+            }
+        },
+        Command::CredentialProcess { role, .. } => runtime().block_on(async {
+            match commands::assume_once(&config, &role).await {
+                Ok(c) => {
+                    println!("{}", commands::credential_process_json(&c));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(EX_UNAVAILABLE)
+                }
+            }
+        }),
+        Command::Serve(_) => runtime().block_on(serve(config, ctx)),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime")
+}
+
+async fn serve(config: Config, ctx: LoadContext) -> ExitCode {
+    for w in &config.warnings {
+        tracing::warn!(warning = %w, "configuration warning");
+    }
+    let path = config.path.clone();
+    let mut controls = match signals::controls() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let broker = match Broker::start(config).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("sts-broker: {e}");
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    while let Some(control) = controls.next().await {
+        match control {
+            Control::Reload => {
+                let Some(path) = &path else { continue };
+                let result = match Config::load(path, &ctx) {
+                    Ok(new) => broker.reload(new).await,
+                    Err(e) => {
+                        let e = sts_broker::ReloadError::Invalid(e);
+                        broker.metrics().observe_reload("error");
+                        Err(e)
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "reload failed; the previous configuration keeps serving");
+                }
+            }
+            Control::Shutdown => break,
+        }
+    }
+    tracing::info!("shutting down: draining connections");
+    // A second SIGTERM/SIGINT while draining exits at once.
+    tokio::select! {
+        () = broker.shutdown() => ExitCode::SUCCESS,
+        _ = async { while let Some(c) = controls.next().await { if c == Control::Shutdown { break; } } } => {
+            tracing::warn!("second shutdown signal: exiting without waiting");
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Installs everything the tests and the demo need on a fresh Debian 12 machine, and does nothing
+# when it is already there (safe to run before every test run).
+#
+#   Python venv at $REPO/.venv (or $STS_BROKER_TEST_VENV) with the packages pinned in
+#   scripts/requirements-test.txt: moto (the STS the tests run against), boto3 and AWS CLI v1
+#   (real clients that read credentials from the broker).
+#
+# "Already there" means: the stamp file $VENV/.sts-broker-deps holds the hash of the requirement
+# list and of the Python that built the venv, and the venv's python, moto_server and aws run.
+# Anything else (first run, changed pins, a new Python, a half-finished install) rebuilds the venv
+# from scratch, so what is installed is always exactly the pinned list.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${STS_BROKER_TEST_VENV:-$REPO/.venv}
+REQUIREMENTS=$REPO/scripts/requirements-test.txt
+STAMP=$VENV/.sts-broker-deps
+PYTHON=${PYTHON:-python3}
+
+say() { printf 'setup-test-deps: %s\n' "$*"; }
+die() { say "error: $*" >&2; exit 1; }
+
+command -v "$PYTHON" >/dev/null || die "$PYTHON not found (need Python >= 3.9)"
+[ -f "$REQUIREMENTS" ] || die "missing $REQUIREMENTS"
+
+# Two runs at once (say a test run and the demo) must not build the same venv together.
+exec 9>"/tmp/sts-broker-venv-$(printf '%s' "$VENV" | sha256sum | cut -c1-16).lock"
+flock 9
+
+# The hash covers the pins and the interpreter, so upgrading either rebuilds the venv.
+want=$({ cat "$REQUIREMENTS"; "$PYTHON" -c 'import sys; print(sys.version, sys.executable)'; } |
+  sha256sum | cut -d' ' -f1)
+
+venv_ok() {
+  [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] &&
+    "$VENV/bin/python" -c 'import moto, boto3, awscli' 2>/dev/null &&
+    [ -x "$VENV/bin/moto_server" ] && [ -x "$VENV/bin/aws" ]
+}
+
+if venv_ok; then
+  say "Python venv up to date ($VENV)"
+else
+  start=$SECONDS
+  # Debian's own python3 ships venv/ensurepip separately (python3-venv); pyenv's has them.
+  if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
+    command -v apt-get >/dev/null || die "$PYTHON lacks venv/ensurepip and there is no apt-get"
+    say "installing python3-venv (apt)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  fi
+  say "building Python venv at $VENV (about 30 s on a fresh machine)"
+  rm -rf "$VENV"
+  "$PYTHON" -m venv "$VENV"
+  PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
+    "$VENV/bin/pip" install --quiet --require-virtualenv -r "$REQUIREMENTS"
+  printf '%s\n' "$want" >"$STAMP"
+  venv_ok || die "venv at $VENV was built but does not work"
+  say "Python venv ready in $((SECONDS - start)) s: $("$VENV/bin/python" -c \
+    'import moto, boto3; print("moto", moto.__version__, "boto3", boto3.__version__)') $("$VENV/bin/aws" --version 2>&1)"
+fi
+
+# --- npm packages: NOT NEEDED YET -----------------------------------------------------------------
+# When the JavaScript SDK v3 client tests arrive (DESIGN.md §6), install them here, pinned
+# (later releases need Node 22; the machine has Node 20), with the same skip-if-satisfied idea:
+#   @aws-sdk/credential-providers@3.1175.0  @aws-sdk/client-sts@3.1177.0
+# e.g. a package.json + package-lock.json under tests/js and `npm ci --prefix tests/js`, skipped when
+# the lock file's hash matches a stamp in tests/js/node_modules.
+# ---------------------------------------------------------------------------------------------------
+
+# --- apt packages: none needed yet ----------------------------------------------------------------
+# If one is (wrk, hyperfine, nginx, ...), check with `command -v` first, and run `apt-get update`
+# once before `apt-get install -y`.
+# ---------------------------------------------------------------------------------------------------

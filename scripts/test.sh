@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (scripts/setup-test-deps.sh), then runs the same
+# checks as CI: rustfmt, clippy with warnings as errors, and every test.
+#
+#   bash scripts/test.sh              # everything
+#   bash scripts/test.sh ecs          # extra arguments go to `cargo test` (a name filter, say)
+#
+# The tests start moto themselves; they find it at $STS_BROKER_TEST_VENV/bin/moto_server.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO=$PWD
+
+section_start=$SECONDS
+section() {
+  if [ -n "${section_name:-}" ]; then
+    printf '    (%s: %d s)\n' "$section_name" "$((SECONDS - section_start))"
+  fi
+  section_name=$1
+  section_start=$SECONDS
+  printf '\n==> %s\n' "$1"
+}
+
+section "test dependencies (scripts/setup-test-deps.sh)"
+bash scripts/setup-test-deps.sh
+export STS_BROKER_TEST_VENV=${STS_BROKER_TEST_VENV:-$REPO/.venv}
+
+section "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+section "cargo clippy --all-targets --locked -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+section "cargo test --locked $*"
+cargo test --locked "$@"
+
+section "done"
+printf 'All checks passed in %d s.\n' "$SECONDS"

@@ -1,0 +1,132 @@
+//! The one-shot subcommands: `check`, `env`, `credential-process`.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::config::{Config, SourceConfig};
+use crate::creds::{Credentials, FetchError};
+
+/// The summary `check` prints for a valid config. Never contains secrets: tokens and
+/// external IDs are counted or flagged, not shown.
+pub fn check_summary(config: &Config) -> String {
+    let mut out = String::new();
+    let source = match &config.source {
+        SourceConfig::Default => "default AWS chain".to_string(),
+        SourceConfig::Profile { name } => format!("profile {name:?}"),
+        SourceConfig::StaticEnv => "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY".to_string(),
+        SourceConfig::WebIdentity { role_arn, .. } => format!("web identity as {role_arn}"),
+    };
+    let _ = writeln!(
+        out,
+        "config OK: {} role(s); STS {} (region {}), source credentials: {source}",
+        config.roles.len(),
+        config.sts.endpoint.as_deref().unwrap_or("default endpoint"),
+        config.sts.region.as_deref().unwrap_or("from the AWS chain"),
+    );
+    let _ = writeln!(
+        out,
+        "ecs: {}  admin: {}",
+        join_addrs(&config.ecs.listen),
+        join_addrs(&config.admin.listen)
+    );
+    for r in &config.roles {
+        let s = &r.spec;
+        let _ = writeln!(
+            out,
+            "role {:?}: {} session {:?} duration {} tags {} policy_arns {} inline policy {} external id {} source identity {} tokens {} prefetch {}",
+            r.name,
+            s.arn,
+            s.session_name,
+            humantime::format_duration(s.duration),
+            s.tags.len(),
+            s.policy_arns.len(),
+            if s.policy.is_some() { "yes" } else { "no" },
+            if s.external_id.is_some() { "set" } else { "none" },
+            s.source_identity.as_deref().unwrap_or("none"),
+            r.tokens.len(),
+            s.prefetch,
+        );
+    }
+    for w in &config.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    out
+}
+
+fn join_addrs(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The `export` lines a workload needs to use `role` through the ECS endpoint.
+///
+/// # Errors
+/// When the role does not exist or has no token file to point at.
+pub fn env_lines(config: &Config, role: &str) -> Result<String, String> {
+    let r = config
+        .role(role)
+        .ok_or_else(|| format!("no role named {role:?} in the config"))?;
+    let addr = config
+        .ecs
+        .listen
+        .first()
+        .ok_or("the [ecs] listener has no address")?;
+    // A wildcard bind is reached over loopback; every SDK accepts loopback over plain http.
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let url = format!(
+        "http://{}/v1/credentials/{}",
+        SocketAddr::new(ip, addr.port()),
+        r.name
+    );
+    let file = r.token_files.first().ok_or_else(|| {
+        format!(
+            "role {role:?} has no token_files; give it one so the workload can read its token from a file"
+        )
+    })?;
+    Ok(format!(
+        "export AWS_CONTAINER_CREDENTIALS_FULL_URI={}\nexport AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={}\n",
+        shell_quote(&url),
+        shell_quote(&file.display().to_string())
+    ))
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/:._-[]@%+=,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// The `credential_process` JSON (`Version: 1`) for `~/.aws/config` users.
+pub fn credential_process_json(c: &Credentials) -> String {
+    serde_json::json!({
+        "Version": 1,
+        "AccessKeyId": c.access_key_id,
+        "SecretAccessKey": c.secret_access_key.expose(),
+        "SessionToken": c.session_token.expose(),
+        "Expiration": crate::cache::rfc3339(c.expiration),
+    })
+    .to_string()
+}
+
+/// Assumes `role` once with the configured STS and source credentials.
+///
+/// # Errors
+/// Unknown role, STS set-up failure, or the classified STS error.
+pub async fn assume_once(config: &Config, role: &str) -> Result<Credentials, String> {
+    let r = config
+        .role(role)
+        .ok_or_else(|| format!("no role named {role:?} in the config"))?;
+    let sts = crate::source::build_sts(config).await?;
+    sts.assume_role(r).await.map_err(|e: FetchError| e.to_string())
+}

@@ -1,0 +1,1222 @@
+//! Configuration: the TOML model, parsing and validation.
+//!
+//! A leaf module: plain data and checks, no I/O beyond reading the config and token files.
+//! Parsing never stops at the first problem: every table and every `[[role]]` is checked and
+//! all problems are returned together, each naming the file, the role and the key
+//! (`config.toml: role "app": key "session_name": …`). Every limit STS enforces is checked
+//! here, so a bad value fails at load time instead of as an `AccessDenied` at 3 a.m.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::creds::Secret;
+
+/// Default config path when neither `-c` nor `STS_BROKER_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/sts-broker/config.toml";
+/// Environment variable naming the config file.
+pub const ENV_CONFIG: &str = "STS_BROKER_CONFIG";
+
+const DEFAULT_STS_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_MAX_CALLS_PER_SECOND: f64 = 10.0;
+const DEFAULT_LEAD: Duration = Duration::from_secs(40 * 60);
+const DEFAULT_MIN_REMAINING: Duration = Duration::from_secs(15 * 60);
+const DEFAULT_JITTER: Duration = Duration::from_secs(30);
+const DEFAULT_BACKOFF_MIN: Duration = Duration::from_secs(1);
+const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(120);
+const DEFAULT_DURATION: Duration = Duration::from_secs(3600);
+const DEFAULT_ECS_LISTEN: &str = "127.0.0.1:8170";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9469";
+/// Used when a role sets no `session_name`.
+const DEFAULT_SESSION_NAME: &str = "sts-broker-{hostname}";
+
+/// STS limits (AssumeRole API reference).
+const MIN_ROLE_DURATION: Duration = Duration::from_secs(15 * 60);
+const MAX_ROLE_DURATION: Duration = Duration::from_secs(12 * 3600);
+const MAX_TAGS: usize = 50;
+const MAX_TAG_KEY: usize = 128;
+const MAX_TAG_VALUE: usize = 256;
+const MAX_POLICY_ARNS: usize = 10;
+const MAX_POLICY_CHARS: usize = 2048;
+
+/// The whole validated configuration. Built anew on every reload and swapped in whole.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from (for messages and reloads); `None` when parsed from a string.
+    pub path: Option<PathBuf>,
+    pub sts: StsConfig,
+    pub source: SourceConfig,
+    pub refresh: RefreshConfig,
+    pub ecs: ListenerConfig,
+    pub admin: ListenerConfig,
+    pub roles: Vec<Arc<RoleConfig>>,
+    /// Problems that do not stop the broker (loose token file modes, roles nobody can fetch).
+    pub warnings: Vec<String>,
+}
+
+/// `[sts]`: how to reach STS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StsConfig {
+    /// `None`: take the region from the AWS config chain.
+    pub region: Option<String>,
+    /// Endpoint override (VPC endpoint, emulator).
+    pub endpoint: Option<String>,
+    /// Bound on one STS call, including connect.
+    pub timeout: Duration,
+    /// Broker-wide rate limit; calls beyond it wait for their slot (bursts are spread).
+    pub max_calls_per_second: f64,
+}
+
+/// `[source]`: the credentials the broker signs its STS calls with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceConfig {
+    /// The standard chain: env, profile, web identity, container, IMDS.
+    Default,
+    /// A named profile from the shared config files.
+    Profile { name: String },
+    /// Only `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`.
+    StaticEnv,
+    /// AssumeRoleWithWebIdentity with a token file re-read on every call (IRSA / EKS).
+    WebIdentity {
+        token_file: PathBuf,
+        role_arn: String,
+        session_name: String,
+    },
+}
+
+/// When `[refresh].lead` says to refresh.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Lead {
+    /// Refresh when this much lifetime remains (`"40m"`).
+    Remaining(Duration),
+    /// Refresh when this fraction of the lifetime remains (`"66%"` → 0.66).
+    Fraction(f64),
+}
+
+impl Lead {
+    /// The lead for a credential that lives `lifetime`.
+    pub fn for_lifetime(self, lifetime: Duration) -> Duration {
+        match self {
+            Lead::Remaining(d) => d,
+            Lead::Fraction(f) => lifetime.mul_f64(f),
+        }
+    }
+}
+
+impl fmt::Display for Lead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Lead::Remaining(d) => write!(f, "{}", humantime::format_duration(*d)),
+            Lead::Fraction(x) => write!(f, "{}%", x * 100.0),
+        }
+    }
+}
+
+/// `[refresh]`: the schedule. See `refresh::refresh_at` for the maths.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefreshConfig {
+    pub lead: Lead,
+    /// Credentials with less than this left are never served (503 instead).
+    pub min_remaining: Duration,
+    /// Each refresh happens up to this much earlier, at random, so that brokers started
+    /// together do not call STS together.
+    pub jitter: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+/// `[ecs]` / `[admin]`: where a listener binds and which `Host` names it answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Host names accepted besides IP literals and `localhost` (DNS-rebinding defence).
+    pub allowed_hosts: Vec<String>,
+}
+
+/// One `[[role]]`.
+#[derive(Debug, Clone)]
+pub struct RoleConfig {
+    /// Used in URLs and metrics.
+    pub name: String,
+    /// Everything that decides which credentials STS issues; a change means re-assume.
+    pub spec: RoleSpec,
+    /// ECS tokens allowed to fetch this role: inline ones and the contents of `token_files`.
+    pub tokens: Vec<Secret>,
+    pub token_files: Vec<PathBuf>,
+}
+
+/// The STS-facing part of a role. Two equal specs yield interchangeable credentials, which is
+/// how a reload decides to keep a role's cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleSpec {
+    pub arn: String,
+    /// The 12-digit account from the ARN, served as `AccountId`.
+    pub account_id: String,
+    /// With `{hostname}` already substituted; stable across refreshes.
+    pub session_name: String,
+    pub external_id: Option<Secret>,
+    pub duration: Duration,
+    /// Keys are unique case-insensitively, as STS requires.
+    pub tags: Vec<(String, String)>,
+    pub transitive_tag_keys: Vec<String>,
+    pub policy_arns: Vec<String>,
+    pub policy: Option<String>,
+    pub source_identity: Option<String>,
+    /// Assume at start-up (and keep warm) rather than on first request.
+    pub prefetch: bool,
+}
+
+// === errors ===
+
+/// Which part of the file a problem is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    File,
+    Table(&'static str),
+    Role(String),
+}
+
+/// One problem, naming the file, the table or role, and the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub origin: String,
+    pub scope: Scope,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.origin)?;
+        match &self.scope {
+            Scope::File => {}
+            Scope::Table(t) => write!(f, "[{t}]: ")?,
+            Scope::Role(r) => write!(f, "role \"{r}\": ")?,
+        }
+        if let Some(k) = &self.key {
+            write!(f, "key \"{k}\": ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Facts from the machine that the config depends on, injected so tests are deterministic.
+#[derive(Debug, Clone)]
+pub struct LoadContext {
+    pub hostname: String,
+}
+
+impl LoadContext {
+    /// The real machine's facts.
+    pub fn from_system() -> Self {
+        LoadContext {
+            hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+        }
+    }
+}
+
+// === raw serde model ===
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSts {
+    region: Option<String>,
+    endpoint: Option<String>,
+    timeout: Option<String>,
+    max_calls_per_second: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    kind: Option<String>,
+    name: Option<String>,
+    token_file: Option<PathBuf>,
+    role_arn: Option<String>,
+    session_name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRefresh {
+    lead: Option<String>,
+    min_remaining: Option<String>,
+    jitter: Option<String>,
+    backoff_min: Option<String>,
+    backoff_max: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    listen: Option<OneOrMany>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    name: String,
+    /// Read from the raw table before this struct is built; declared so it is not unknown.
+    #[serde(default, rename = "kind")]
+    _kind: Option<String>,
+    arn: String,
+    session_name: Option<String>,
+    external_id: Option<String>,
+    duration: Option<String>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    #[serde(default)]
+    transitive_tag_keys: Vec<String>,
+    #[serde(default)]
+    policy_arns: Vec<String>,
+    policy: Option<String>,
+    source_identity: Option<String>,
+    #[serde(default)]
+    token_files: Vec<PathBuf>,
+    #[serde(default)]
+    tokens: Vec<String>,
+    #[serde(default = "default_true")]
+    prefetch: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+const TOP_LEVEL_TABLES: &[&str] = &["sts", "source", "refresh", "ecs", "admin", "role"];
+
+// === loading ===
+
+/// Collects problems while parsing, so that every one is reported.
+struct Problems {
+    origin: String,
+    errors: Vec<ConfigError>,
+    warnings: Vec<String>,
+}
+
+impl Problems {
+    fn error(&mut self, scope: Scope, key: Option<&str>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            origin: self.origin.clone(),
+            scope,
+            key: key.map(str::to_string),
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, scope: &Scope, key: &str, message: impl fmt::Display) {
+        let where_ = match scope {
+            Scope::File => String::new(),
+            Scope::Table(t) => format!("[{t}]: "),
+            Scope::Role(r) => format!("role \"{r}\": "),
+        };
+        self.warnings
+            .push(format!("{}: {where_}key \"{key}\": {message}", self.origin));
+    }
+
+    /// Parses a duration string, recording a problem (and returning `None`) when it is bad.
+    fn duration(&mut self, scope: &Scope, key: &str, raw: Option<&str>) -> Option<Duration> {
+        let raw = raw?;
+        match humantime::parse_duration(raw) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(
+                    scope.clone(),
+                    Some(key),
+                    format!("{raw:?} is not a duration like \"15m\" or \"1h\" ({e})"),
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path, ctx: &LoadContext) -> Result<Config, ConfigErrors> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                origin: origin.clone(),
+                scope: Scope::File,
+                key: None,
+                message: format!("cannot read the config file: {e}"),
+            }])
+        })?;
+        let mut config = Config::parse(&text, &origin, ctx)?;
+        config.path = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parses and validates config text; `origin` names it in messages.
+    pub fn parse(text: &str, origin: &str, ctx: &LoadContext) -> Result<Config, ConfigErrors> {
+        let mut p = Problems {
+            origin: origin.to_string(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let table: toml::Table = match toml::from_str(text) {
+            Ok(t) => t,
+            Err(e) => {
+                p.error(Scope::File, None, format!("not valid TOML: {e}"));
+                return Err(ConfigErrors(p.errors));
+            }
+        };
+        for key in table.keys() {
+            if !TOP_LEVEL_TABLES.contains(&key.as_str()) {
+                let why = match key.as_str() {
+                    "imds" | "audit" => format!(
+                        "[{key}] is not supported by this version of sts-broker ({})",
+                        env!("CARGO_PKG_VERSION")
+                    ),
+                    _ => format!(
+                        "unknown table or key; expected one of {}",
+                        TOP_LEVEL_TABLES.join(", ")
+                    ),
+                };
+                p.error(Scope::File, Some(key), why);
+            }
+        }
+
+        let sts = section::<RawSts>(&mut p, &table, "sts").map(|raw| build_sts(&mut p, raw));
+        let source =
+            section::<RawSource>(&mut p, &table, "source").map(|raw| build_source(&mut p, raw));
+        let refresh = section::<RawRefresh>(&mut p, &table, "refresh")
+            .map(|raw| build_refresh(&mut p, raw));
+        let ecs = section::<RawListener>(&mut p, &table, "ecs")
+            .map(|raw| build_listener(&mut p, "ecs", raw, DEFAULT_ECS_LISTEN));
+        let admin = section::<RawListener>(&mut p, &table, "admin")
+            .map(|raw| build_listener(&mut p, "admin", raw, DEFAULT_ADMIN_LISTEN));
+        let roles = build_roles(&mut p, table.get("role"), refresh.as_ref(), ctx);
+
+        match (sts, source, refresh, ecs, admin) {
+            (Some(sts), Some(source), Some(refresh), Some(ecs), Some(admin))
+                if p.errors.is_empty() =>
+            {
+                Ok(Config {
+                    path: None,
+                    sts,
+                    source,
+                    refresh,
+                    ecs,
+                    admin,
+                    roles,
+                    warnings: p.warnings,
+                })
+            }
+            _ => Err(ConfigErrors(p.errors)),
+        }
+    }
+
+    /// The role called `name`.
+    pub fn role(&self, name: &str) -> Option<&Arc<RoleConfig>> {
+        self.roles.iter().find(|r| r.name == name)
+    }
+}
+
+/// Deserializes one optional top-level table, recording a problem when it does not fit.
+fn section<T: for<'de> Deserialize<'de> + Default>(
+    p: &mut Problems,
+    table: &toml::Table,
+    name: &'static str,
+) -> Option<T> {
+    match table.get(name) {
+        None => Some(T::default()),
+        Some(v) => match v.clone().try_into::<T>() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                p.error(Scope::Table(name), None, clean_serde_error(&e.to_string()));
+                None
+            }
+        },
+    }
+}
+
+/// serde's messages for a sub-value come with a multi-line TOML excerpt; keep the first line.
+fn clean_serde_error(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('|') && !l.starts_with("-->"))
+        .unwrap_or(msg)
+        .trim_start_matches("TOML parse error: ")
+        .to_string()
+}
+
+fn build_sts(p: &mut Problems, raw: RawSts) -> StsConfig {
+    let scope = Scope::Table("sts");
+    if let Some(r) = &raw.region
+        && (r.is_empty()
+            || !r
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+    {
+        p.error(
+            scope.clone(),
+            Some("region"),
+            format!("{r:?} is not a region name like \"us-east-1\""),
+        );
+    }
+    if let Some(e) = &raw.endpoint
+        && !(e.starts_with("https://") || e.starts_with("http://"))
+    {
+        p.error(
+            scope.clone(),
+            Some("endpoint"),
+            format!("{e:?} must be a URL starting with https:// (or http:// for a local emulator)"),
+        );
+    }
+    let timeout = p
+        .duration(&scope, "timeout", raw.timeout.as_deref())
+        .unwrap_or(DEFAULT_STS_TIMEOUT);
+    if timeout.is_zero() {
+        p.error(scope.clone(), Some("timeout"), "must be greater than zero");
+    }
+    let rate = raw
+        .max_calls_per_second
+        .unwrap_or(DEFAULT_MAX_CALLS_PER_SECOND);
+    if !(rate.is_finite() && rate > 0.0) {
+        p.error(
+            scope,
+            Some("max_calls_per_second"),
+            format!("{rate} must be a positive number"),
+        );
+    }
+    StsConfig {
+        region: raw.region,
+        endpoint: raw.endpoint,
+        timeout,
+        max_calls_per_second: rate,
+    }
+}
+
+fn build_source(p: &mut Problems, raw: RawSource) -> SourceConfig {
+    let scope = Scope::Table("source");
+    let kind = raw.kind.as_deref().unwrap_or("default");
+    // Keys that belong to another kind are mistakes worth reporting.
+    let mut only_for = |key: &str, present: bool, kinds: &str| {
+        if present {
+            p.error(
+                scope.clone(),
+                Some(key),
+                format!("only used with kind = {kinds}, not with kind = \"{kind}\""),
+            );
+        }
+    };
+    match kind {
+        "default" | "static_env" => {
+            only_for("name", raw.name.is_some(), "\"profile\"");
+            only_for("token_file", raw.token_file.is_some(), "\"web_identity\"");
+            only_for("role_arn", raw.role_arn.is_some(), "\"web_identity\"");
+            only_for("session_name", raw.session_name.is_some(), "\"web_identity\"");
+            if kind == "default" {
+                SourceConfig::Default
+            } else {
+                SourceConfig::StaticEnv
+            }
+        }
+        "profile" => {
+            only_for("token_file", raw.token_file.is_some(), "\"web_identity\"");
+            only_for("role_arn", raw.role_arn.is_some(), "\"web_identity\"");
+            only_for("session_name", raw.session_name.is_some(), "\"web_identity\"");
+            match raw.name {
+                Some(name) if !name.is_empty() => SourceConfig::Profile { name },
+                _ => {
+                    p.error(scope, Some("name"), "required with kind = \"profile\"");
+                    SourceConfig::Default
+                }
+            }
+        }
+        "web_identity" => {
+            only_for("name", raw.name.is_some(), "\"profile\"");
+            let token_file = raw.token_file.unwrap_or_default();
+            if token_file.as_os_str().is_empty() {
+                p.error(
+                    scope.clone(),
+                    Some("token_file"),
+                    "required with kind = \"web_identity\"",
+                );
+            }
+            let role_arn = raw.role_arn.unwrap_or_default();
+            if let Err(why) = check_role_arn(&role_arn) {
+                p.error(scope.clone(), Some("role_arn"), why);
+            }
+            let session_name = raw
+                .session_name
+                .unwrap_or_else(|| "sts-broker".to_string());
+            if let Err(why) = check_session_name(&session_name) {
+                p.error(scope, Some("session_name"), why);
+            }
+            SourceConfig::WebIdentity {
+                token_file,
+                role_arn,
+                session_name,
+            }
+        }
+        other => {
+            p.error(
+                scope,
+                Some("kind"),
+                format!(
+                    "{other:?} is not one of \"default\", \"web_identity\", \"profile\", \"static_env\""
+                ),
+            );
+            SourceConfig::Default
+        }
+    }
+}
+
+fn build_refresh(p: &mut Problems, raw: RawRefresh) -> RefreshConfig {
+    let scope = Scope::Table("refresh");
+    let lead = match raw.lead.as_deref() {
+        None => Lead::Remaining(DEFAULT_LEAD),
+        Some(s) if s.trim_end().ends_with('%') => {
+            let num = s.trim_end().trim_end_matches('%').trim();
+            match num.parse::<f64>() {
+                Ok(x) if x > 0.0 && x < 100.0 => Lead::Fraction(x / 100.0),
+                _ => {
+                    p.error(
+                        scope.clone(),
+                        Some("lead"),
+                        format!("{s:?} must be a percentage between 0% and 100% (exclusive)"),
+                    );
+                    Lead::Remaining(DEFAULT_LEAD)
+                }
+            }
+        }
+        Some(s) => match p.duration(&scope, "lead", Some(s)) {
+            Some(d) if d.is_zero() => {
+                p.error(scope.clone(), Some("lead"), "must be greater than zero");
+                Lead::Remaining(DEFAULT_LEAD)
+            }
+            Some(d) => Lead::Remaining(d),
+            None => Lead::Remaining(DEFAULT_LEAD),
+        },
+    };
+    let min_remaining = p
+        .duration(&scope, "min_remaining", raw.min_remaining.as_deref())
+        .unwrap_or(DEFAULT_MIN_REMAINING);
+    let jitter = p
+        .duration(&scope, "jitter", raw.jitter.as_deref())
+        .unwrap_or(DEFAULT_JITTER);
+    let backoff_min = p
+        .duration(&scope, "backoff_min", raw.backoff_min.as_deref())
+        .unwrap_or(DEFAULT_BACKOFF_MIN);
+    let backoff_max = p
+        .duration(&scope, "backoff_max", raw.backoff_max.as_deref())
+        .unwrap_or(DEFAULT_BACKOFF_MAX);
+    if backoff_min.is_zero() {
+        p.error(scope.clone(), Some("backoff_min"), "must be greater than zero");
+    }
+    if backoff_max < backoff_min {
+        p.error(
+            scope.clone(),
+            Some("backoff_max"),
+            format!(
+                "{} is less than backoff_min ({})",
+                humantime::format_duration(backoff_max),
+                humantime::format_duration(backoff_min)
+            ),
+        );
+    }
+    if let Lead::Remaining(lead) = lead
+        && min_remaining >= lead
+    {
+        p.error(
+            scope,
+            Some("min_remaining"),
+            format!(
+                "{} must be less than lead ({}), or credentials stop being served before they are refreshed",
+                humantime::format_duration(min_remaining),
+                humantime::format_duration(lead)
+            ),
+        );
+    }
+    RefreshConfig {
+        lead,
+        min_remaining,
+        jitter,
+        backoff_min,
+        backoff_max,
+    }
+}
+
+fn build_listener(
+    p: &mut Problems,
+    table: &'static str,
+    raw: RawListener,
+    default: &str,
+) -> ListenerConfig {
+    let scope = Scope::Table(table);
+    let addrs = match raw.listen {
+        None => vec![default.to_string()],
+        Some(OneOrMany::One(a)) => vec![a],
+        Some(OneOrMany::Many(v)) => v,
+    };
+    if addrs.is_empty() {
+        p.error(scope.clone(), Some("listen"), "needs at least one address");
+    }
+    let mut listen = Vec::new();
+    for a in addrs {
+        match a.parse::<SocketAddr>() {
+            Ok(s) => listen.push(s),
+            Err(_) => p.error(
+                scope.clone(),
+                Some("listen"),
+                format!("{a:?} is not an IP:port address like \"127.0.0.1:8170\" or \"[::1]:8170\""),
+            ),
+        }
+    }
+    let mut allowed_hosts = Vec::new();
+    for h in raw.allowed_hosts {
+        if h.is_empty() || h.contains([':', '/', ' ']) {
+            p.error(
+                scope.clone(),
+                Some("allowed_hosts"),
+                format!("{h:?} must be a bare host name (no port, scheme or path)"),
+            );
+        } else {
+            allowed_hosts.push(h.to_ascii_lowercase());
+        }
+    }
+    ListenerConfig {
+        listen,
+        allowed_hosts,
+    }
+}
+
+fn build_roles(
+    p: &mut Problems,
+    raw: Option<&toml::Value>,
+    refresh: Option<&RefreshConfig>,
+    ctx: &LoadContext,
+) -> Vec<Arc<RoleConfig>> {
+    let Some(raw) = raw else {
+        p.error(
+            Scope::File,
+            Some("role"),
+            "no [[role]] configured; the broker would have nothing to serve",
+        );
+        return Vec::new();
+    };
+    let Some(entries) = raw.as_array() else {
+        p.error(
+            Scope::File,
+            Some("role"),
+            "must be an array of tables, written [[role]]",
+        );
+        return Vec::new();
+    };
+    let mut roles = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let label = entry
+            .get("name")
+            .and_then(toml::Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("#{}", i + 1));
+        let scope = Scope::Role(label.clone());
+        let kind = entry
+            .get("kind")
+            .and_then(toml::Value::as_str)
+            .unwrap_or("assume_role");
+        if kind != "assume_role" {
+            p.error(
+                scope,
+                Some("kind"),
+                format!(
+                    "{kind:?} is not supported by this version of sts-broker; use \"assume_role\""
+                ),
+            );
+            continue;
+        }
+        let raw: RawRole = match entry.clone().try_into() {
+            Ok(r) => r,
+            Err(e) => {
+                p.error(scope, None, clean_serde_error(&e.to_string()));
+                continue;
+            }
+        };
+        if !seen.insert(raw.name.clone()) {
+            p.error(
+                scope.clone(),
+                Some("name"),
+                "is used by another [[role]]; names must be unique",
+            );
+        }
+        if let Some(role) = build_role(p, raw, refresh, ctx) {
+            roles.push(Arc::new(role));
+        }
+    }
+    roles
+}
+
+fn build_role(
+    p: &mut Problems,
+    raw: RawRole,
+    refresh: Option<&RefreshConfig>,
+    ctx: &LoadContext,
+) -> Option<RoleConfig> {
+    let errors_before = p.errors.len();
+    let scope = Scope::Role(raw.name.clone());
+    let err = |p: &mut Problems, key: &str, why: String| p.error(scope.clone(), Some(key), why);
+
+    if let Err(why) = check_role_name(&raw.name) {
+        err(p, "name", why);
+    }
+    let account_id = match check_role_arn(&raw.arn) {
+        Ok(acct) => acct,
+        Err(why) => {
+            err(p, "arn", why);
+            String::new()
+        }
+    };
+    let template = raw.session_name.as_deref().unwrap_or(DEFAULT_SESSION_NAME);
+    let session_name = expand_session_name(template, &ctx.hostname);
+    if let Err(why) = check_session_name(&session_name) {
+        err(p, "session_name", why);
+    }
+    let external_id = raw.external_id.map(Secret::new);
+    if let Some(x) = &external_id
+        && let Err(why) = check_external_id(x.expose())
+    {
+        err(p, "external_id", why);
+    }
+    let duration = p
+        .duration(&scope, "duration", raw.duration.as_deref())
+        .unwrap_or(DEFAULT_DURATION);
+    if !(MIN_ROLE_DURATION..=MAX_ROLE_DURATION).contains(&duration) {
+        err(
+            p,
+            "duration",
+            format!(
+                "{} is outside what AssumeRole accepts (15m..12h)",
+                humantime::format_duration(duration)
+            ),
+        );
+    }
+    if let Some(refresh) = refresh {
+        let lead = refresh.lead.for_lifetime(duration);
+        if lead >= duration {
+            err(
+                p,
+                "duration",
+                format!(
+                    "{} must be longer than [refresh].lead ({}); use a percentage lead such as \"66%\" for short sessions",
+                    humantime::format_duration(duration),
+                    refresh.lead
+                ),
+            );
+        } else if refresh.min_remaining >= lead {
+            err(
+                p,
+                "duration",
+                format!(
+                    "with lead {} this role would be refreshed only when {} remain, below [refresh].min_remaining ({})",
+                    refresh.lead,
+                    humantime::format_duration(lead),
+                    humantime::format_duration(refresh.min_remaining)
+                ),
+            );
+        }
+    }
+
+    if raw.tags.len() > MAX_TAGS {
+        err(
+            p,
+            "tags",
+            format!("{} session tags; STS accepts at most {MAX_TAGS}", raw.tags.len()),
+        );
+    }
+    let mut lower_keys = HashSet::new();
+    for (k, v) in &raw.tags {
+        if let Err(why) = check_tag(k, v) {
+            err(p, "tags", why);
+        }
+        if !lower_keys.insert(k.to_lowercase()) {
+            err(
+                p,
+                "tags",
+                format!("tag key {k:?} appears twice (STS compares keys case-insensitively)"),
+            );
+        }
+    }
+    if raw.transitive_tag_keys.len() > MAX_TAGS {
+        err(
+            p,
+            "transitive_tag_keys",
+            format!("at most {MAX_TAGS} keys are accepted"),
+        );
+    }
+    for k in &raw.transitive_tag_keys {
+        if !lower_keys.contains(&k.to_lowercase()) {
+            err(
+                p,
+                "transitive_tag_keys",
+                format!("{k:?} is not one of this role's tags"),
+            );
+        }
+    }
+    if raw.policy_arns.len() > MAX_POLICY_ARNS {
+        err(
+            p,
+            "policy_arns",
+            format!(
+                "{} managed policies; STS accepts at most {MAX_POLICY_ARNS}",
+                raw.policy_arns.len()
+            ),
+        );
+    }
+    for a in &raw.policy_arns {
+        if let Err(why) = check_policy_arn(a) {
+            err(p, "policy_arns", why);
+        }
+    }
+    if let Some(policy) = &raw.policy {
+        let chars = policy.chars().count();
+        if chars > MAX_POLICY_CHARS {
+            err(
+                p,
+                "policy",
+                format!("{chars} characters; STS accepts at most {MAX_POLICY_CHARS}"),
+            );
+        }
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(policy) {
+            err(p, "policy", format!("is not valid JSON: {e}"));
+        }
+    }
+    let plaintext: usize = raw.policy.as_deref().map_or(0, |s| s.chars().count())
+        + raw.policy_arns.iter().map(|a| a.len()).sum::<usize>();
+    if plaintext > MAX_POLICY_CHARS && raw.policy.as_deref().map_or(0, str::len) <= MAX_POLICY_CHARS
+    {
+        err(
+            p,
+            "policy_arns",
+            format!(
+                "policy and policy_arns together are {plaintext} characters; STS accepts at most {MAX_POLICY_CHARS}"
+            ),
+        );
+    }
+    if let Some(si) = &raw.source_identity
+        && let Err(why) = check_source_identity(si)
+    {
+        err(p, "source_identity", why);
+    }
+
+    let tokens = load_tokens(p, &scope, &raw.token_files, raw.tokens);
+    if tokens.is_empty() {
+        p.warn(
+            &scope,
+            "token_files",
+            "no tokens configured: no ECS client can fetch this role",
+        );
+    }
+
+    if p.errors.len() > errors_before {
+        return None;
+    }
+    Some(RoleConfig {
+        name: raw.name,
+        spec: RoleSpec {
+            arn: raw.arn,
+            account_id,
+            session_name,
+            external_id,
+            duration,
+            tags: raw.tags.into_iter().collect(),
+            transitive_tag_keys: raw.transitive_tag_keys,
+            policy_arns: raw.policy_arns,
+            policy: raw.policy,
+            source_identity: raw.source_identity,
+            prefetch: raw.prefetch,
+        },
+        tokens,
+        token_files: raw.token_files,
+    })
+}
+
+/// Reads the token files (trailing whitespace trimmed) and adds the inline tokens.
+/// Messages describe tokens by file and position, never by value.
+fn load_tokens(
+    p: &mut Problems,
+    scope: &Scope,
+    files: &[PathBuf],
+    inline: Vec<String>,
+) -> Vec<Secret> {
+    let mut tokens = Vec::new();
+    for f in files {
+        let meta = match std::fs::metadata(f) {
+            Ok(m) => m,
+            Err(e) => {
+                p.error(
+                    scope.clone(),
+                    Some("token_files"),
+                    format!("cannot read {}: {e}", f.display()),
+                );
+                continue;
+            }
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            p.warn(
+                scope,
+                "token_files",
+                format_args!(
+                    "{} is accessible to group/others (mode {mode:04o}); chmod 600 it",
+                    f.display()
+                ),
+            );
+        }
+        match std::fs::read_to_string(f) {
+            Ok(text) => {
+                let token = Secret::new(text.trim_end().to_string());
+                if let Err(why) = check_token(&token) {
+                    p.error(
+                        scope.clone(),
+                        Some("token_files"),
+                        format!("{}: {why}", f.display()),
+                    );
+                } else {
+                    tokens.push(token);
+                }
+            }
+            Err(e) => p.error(
+                scope.clone(),
+                Some("token_files"),
+                format!("cannot read {}: {e}", f.display()),
+            ),
+        }
+    }
+    if !inline.is_empty() {
+        p.warn(
+            scope,
+            "tokens",
+            "inline tokens are readable by anyone who can read the config; prefer token_files",
+        );
+    }
+    for (i, t) in inline.into_iter().enumerate() {
+        let token = Secret::new(t);
+        match check_token(&token) {
+            Ok(()) => tokens.push(token),
+            Err(why) => p.error(
+                scope.clone(),
+                Some("tokens"),
+                format!("token #{}: {why}", i + 1),
+            ),
+        }
+    }
+    tokens
+}
+
+// === single-value checks (pure, unit-tested) ===
+
+fn is_word(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// Role names appear in URLs and metric labels: keep them plain.
+pub fn check_role_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} must be 1..64 characters of [A-Za-z0-9_.-], starting with a letter or digit"
+        ))
+    }
+}
+
+/// `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME`; returns the account.
+pub fn check_role_arn(arn: &str) -> Result<String, String> {
+    let bad = || {
+        format!("{arn:?} is not an IAM role ARN like \"arn:aws:iam::123456789012:role/name\"")
+    };
+    if !(20..=2048).contains(&arn.len()) {
+        return Err(bad());
+    }
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let [prefix, partition, service, region, account, resource] = parts[..] else {
+        return Err(bad());
+    };
+    let ok = prefix == "arn"
+        && partition.starts_with("aws")
+        && service == "iam"
+        && region.is_empty()
+        && account.len() == 12
+        && account.chars().all(|c| c.is_ascii_digit())
+        && resource
+            .strip_prefix("role/")
+            .is_some_and(|r| !r.is_empty() && !r.ends_with('/'))
+        && resource
+            .chars()
+            .all(|c| is_word(c) || "+=,.@/-".contains(c));
+    if ok { Ok(account.to_string()) } else { Err(bad()) }
+}
+
+/// `arn:PARTITION:iam::(ACCOUNT|aws):policy/[PATH/]NAME`.
+pub fn check_policy_arn(arn: &str) -> Result<(), String> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let ok = match parts[..] {
+        [prefix, partition, service, region, account, resource] => {
+            prefix == "arn"
+                && partition.starts_with("aws")
+                && service == "iam"
+                && region.is_empty()
+                && (account == "aws"
+                    || (account.len() == 12 && account.chars().all(|c| c.is_ascii_digit())))
+                && resource.strip_prefix("policy/").is_some_and(|r| !r.is_empty())
+        }
+        _ => false,
+    };
+    if ok && (20..=2048).contains(&arn.len()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{arn:?} is not a managed policy ARN like \"arn:aws:iam::aws:policy/ReadOnlyAccess\""
+        ))
+    }
+}
+
+/// RoleSessionName: 2..64 of `[\w+=,.@-]`.
+pub fn check_session_name(name: &str) -> Result<(), String> {
+    let ok = (2..=64).contains(&name.len()) && name.chars().all(|c| is_word(c) || "+=,.@-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} must be 2..64 characters of letters, digits and +=,.@_-"
+        ))
+    }
+}
+
+/// ExternalId: 2..1224 of `[\w+=,.@:/-]`. The value is secret, so it is not echoed.
+pub fn check_external_id(id: &str) -> Result<(), String> {
+    if !(2..=1224).contains(&id.len()) {
+        return Err(format!("is {} characters; STS accepts 2..1224", id.len()));
+    }
+    if !id.chars().all(|c| is_word(c) || "+=,.@:/-".contains(c)) {
+        return Err("may contain only letters, digits and +=,.@:/_-".to_string());
+    }
+    Ok(())
+}
+
+/// SourceIdentity: 2..64 of `[\w+=,.@-]`, not starting with `aws:`.
+pub fn check_source_identity(si: &str) -> Result<(), String> {
+    if si.to_ascii_lowercase().starts_with("aws:") {
+        return Err(format!("{si:?} must not start with \"aws:\""));
+    }
+    if !(2..=64).contains(&si.len()) || !si.chars().all(|c| is_word(c) || "+=,.@-".contains(c)) {
+        return Err(format!(
+            "{si:?} must be 2..64 characters of letters, digits and +=,.@_-"
+        ));
+    }
+    Ok(())
+}
+
+/// Session tags: key 1..128, value 0..256, of `[\p{L}\p{Z}\p{N}_.:/=+\-@]`.
+pub fn check_tag(key: &str, value: &str) -> Result<(), String> {
+    fn allowed(c: char) -> bool {
+        c.is_alphabetic()
+            || c.is_numeric()
+            || (c.is_whitespace() && !c.is_control())
+            || "_.:/=+-@".contains(c)
+    }
+    let klen = key.chars().count();
+    if !(1..=MAX_TAG_KEY).contains(&klen) {
+        return Err(format!(
+            "tag key {key:?} is {klen} characters; STS accepts 1..{MAX_TAG_KEY}"
+        ));
+    }
+    let vlen = value.chars().count();
+    if vlen > MAX_TAG_VALUE {
+        return Err(format!(
+            "value of tag {key:?} is {vlen} characters; STS accepts at most {MAX_TAG_VALUE}"
+        ));
+    }
+    if !key.chars().all(allowed) {
+        return Err(format!(
+            "tag key {key:?} may contain only letters, digits, spaces and _.:/=+-@"
+        ));
+    }
+    if !value.chars().all(allowed) {
+        return Err(format!(
+            "value of tag {key:?} may contain only letters, digits, spaces and _.:/=+-@"
+        ));
+    }
+    if key.to_ascii_lowercase().starts_with("aws:") {
+        return Err(format!("tag key {key:?} must not start with \"aws:\""));
+    }
+    Ok(())
+}
+
+/// A client token must fit in an HTTP header as is.
+fn check_token(token: &Secret) -> Result<(), String> {
+    let t = token.expose();
+    if t.is_empty() {
+        return Err("the token is empty".to_string());
+    }
+    if !t.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(format!(
+            "the token ({} bytes) contains spaces or characters an HTTP header cannot carry",
+            t.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Substitutes `{hostname}` in a session name template. The host name is cut so the result
+/// fits STS's 64 characters (long pod names are common) and characters STS rejects become `-`.
+pub fn expand_session_name(template: &str, hostname: &str) -> String {
+    const PLACEHOLDER: &str = "{hostname}";
+    if !template.contains(PLACEHOLDER) {
+        return template.to_string();
+    }
+    let fixed = template.replace(PLACEHOLDER, "");
+    let room = 64usize.saturating_sub(fixed.len());
+    let host: String = hostname
+        .chars()
+        .map(|c| if is_word(c) || "+=,.@-".contains(c) { c } else { '-' })
+        .take(room)
+        .collect();
+    template.replacen(PLACEHOLDER, &host, 1).replace(PLACEHOLDER, "")
+}
+
+#[cfg(test)]
+mod tests;

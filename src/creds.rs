@@ -1,0 +1,168 @@
+//! Secret-bearing types shared by every module: they redact themselves in `Debug`/`Display`
+//! and zeroize their memory when dropped.
+//!
+//! Nothing in here knows about STS or HTTP: `sts` converts SDK output into [`Credentials`]
+//! the moment it arrives (the SDK's own `Debug` prints the session token), and `cache`
+//! renders them into response bodies.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use zeroize::Zeroizing;
+
+/// What `Debug` and `Display` print instead of a secret.
+pub const REDACTED: &str = "** redacted **";
+
+/// A secret string: a token, a secret key, an external ID.
+///
+/// The bytes are zeroed when the value is dropped; the only way to read them is
+/// [`Secret::expose`], so every use is greppable.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Zeroizing<String>);
+
+impl Secret {
+    /// Wraps a value; the caller's `String` moves in, so no unzeroized copy is left behind.
+    pub fn new(value: String) -> Self {
+        Secret(Zeroizing::new(value))
+    }
+
+    /// The secret itself. Call only where the value leaves the process (a request to STS,
+    /// a response body, a constant-time comparison).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Length in bytes: a fact that may be logged.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True for the empty string.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{REDACTED}\"")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+/// Temporary credentials as STS issued them, in our own redacting type.
+#[derive(Clone)]
+pub struct Credentials {
+    /// Not secret: it is what joins our logs to CloudTrail.
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Secret,
+    /// When STS says the credentials stop working.
+    pub expiration: SystemTime,
+    /// `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`, when STS reports one.
+    pub assumed_arn: Option<String>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key)
+            .field("session_token", &self.session_token)
+            .field("expiration", &humantime::format_rfc3339_seconds(self.expiration))
+            .field("assumed_arn", &self.assumed_arn)
+            .finish()
+    }
+}
+
+/// Why obtaining credentials failed, classified once so that back-off and the 503 body know
+/// whether a retry can help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// STS said `Throttling` / rate exceeded: back off harder.
+    Throttled,
+    /// Network errors, timeouts, 5xx, unparseable responses: a retry is likely to work.
+    Transient,
+    /// `AccessDenied` and friends: a retry will not help until IAM changes.
+    AccessDenied,
+    /// The request itself is wrong (malformed policy, bad ARN, region disabled, …).
+    InvalidConfig,
+}
+
+impl ErrorClass {
+    /// Fixed label for metrics and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Throttled => "throttled",
+            ErrorClass::Transient => "transient",
+            ErrorClass::AccessDenied => "access_denied",
+            ErrorClass::InvalidConfig => "invalid_config",
+        }
+    }
+
+    /// Whether retrying soon is likely to succeed.
+    pub fn retryable(self) -> bool {
+        matches!(self, ErrorClass::Throttled | ErrorClass::Transient)
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failure to obtain credentials for a role. The message never holds a secret: it is
+/// built from STS error codes/messages and our own text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{class}: {message}")]
+pub struct FetchError {
+    pub class: ErrorClass,
+    /// STS error code (`Throttling`, `AccessDenied`, …) when STS sent one.
+    pub code: Option<String>,
+    pub message: String,
+}
+
+impl FetchError {
+    pub fn new(class: ErrorClass, code: Option<String>, message: impl Into<String>) -> Self {
+        FetchError {
+            class,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret::new("SECRET-MARKER-123".to_string());
+        assert_eq!(format!("{s:?}"), format!("\"{REDACTED}\""));
+        assert_eq!(format!("{s}"), REDACTED);
+        assert_eq!(s.expose(), "SECRET-MARKER-123");
+        assert_eq!(s.len(), 17);
+    }
+
+    #[test]
+    fn credentials_debug_redacts_secret_and_token() {
+        let c = Credentials {
+            access_key_id: "ASIAEXAMPLE".into(),
+            secret_access_key: Secret::new("SECRET-MARKER-key".into()),
+            session_token: Secret::new("SECRET-MARKER-token".into()),
+            expiration: SystemTime::UNIX_EPOCH,
+            assumed_arn: None,
+        };
+        let dbg = format!("{c:?}");
+        assert!(dbg.contains("ASIAEXAMPLE"), "{dbg}");
+        assert!(!dbg.contains("SECRET-MARKER"), "{dbg}");
+        assert!(dbg.contains("1970-01-01T00:00:00Z"), "{dbg}");
+    }
+}

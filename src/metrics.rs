@@ -1,0 +1,239 @@
+//! Prometheus metrics: one registry owned by [`Metrics`], shared by `Arc`.
+//!
+//! Label values come from small fixed sets: `endpoint` (ecs, admin), `status` (HTTP code),
+//! `api`, `outcome` (`ok` or an error class), `role` (configured names only; requests for
+//! unknown roles are counted under `role=""` so a client cannot grow the label set).
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `sts_broker_requests_total` | counter | endpoint, role, status |
+//! | `sts_broker_request_duration_seconds` | histogram | endpoint |
+//! | `sts_broker_sts_calls_total` | counter | role, api, outcome |
+//! | `sts_broker_sts_call_duration_seconds` | histogram | api |
+//! | `sts_broker_credentials_expiry_seconds` | gauge | role |
+//! | `sts_broker_refresh_consecutive_failures` | gauge | role |
+//! | `sts_broker_config_reloads_total` | counter | outcome (ok, error, rejected) |
+//! | `sts_broker_ready` | gauge | — |
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::creds::{Credentials, FetchError};
+
+/// Every metric the broker exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    sts_calls: IntCounterVec,
+    sts_duration: HistogramVec,
+    expiry: IntGaugeVec,
+    failures: IntGaugeVec,
+    reloads: IntCounterVec,
+    ready: IntGauge,
+}
+
+const NS: &str = "sts_broker";
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "HTTP requests answered").namespace(NS),
+            &["endpoint", "role", "status"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "Time to answer a request")
+                .namespace(NS)
+                .buckets(vec![
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.1,
+                    0.5, 1.0, 5.0,
+                ]),
+            &["endpoint"],
+        )
+        .expect("valid metric");
+        let sts_calls = IntCounterVec::new(
+            Opts::new("sts_calls_total", "Calls made to STS").namespace(NS),
+            &["role", "api", "outcome"],
+        )
+        .expect("valid metric");
+        let sts_duration = HistogramVec::new(
+            HistogramOpts::new("sts_call_duration_seconds", "STS call latency")
+                .namespace(NS)
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["api"],
+        )
+        .expect("valid metric");
+        let expiry = IntGaugeVec::new(
+            Opts::new(
+                "credentials_expiry_seconds",
+                "Seconds until the cached credentials of a role expire",
+            )
+            .namespace(NS),
+            &["role"],
+        )
+        .expect("valid metric");
+        let failures = IntGaugeVec::new(
+            Opts::new(
+                "refresh_consecutive_failures",
+                "Consecutive failed refreshes of a role",
+            )
+            .namespace(NS),
+            &["role"],
+        )
+        .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new("config_reloads_total", "Configuration reloads by outcome").namespace(NS),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let ready = IntGauge::with_opts(
+            Opts::new("ready", "1 when every prefetched role holds servable credentials")
+                .namespace(NS),
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(sts_calls.clone()),
+            Box::new(sts_duration.clone()),
+            Box::new(expiry.clone()),
+            Box::new(failures.clone()),
+            Box::new(reloads.clone()),
+            Box::new(ready.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        for outcome in ["ok", "error", "rejected"] {
+            reloads.with_label_values(&[outcome]);
+        }
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            sts_calls,
+            sts_duration,
+            expiry,
+            failures,
+            reloads,
+            ready,
+        }
+    }
+
+    /// Counts one answered request. `role` must be a configured role name or `""`.
+    pub fn observe_request(&self, endpoint: &str, role: &str, status: u16, took: Duration) {
+        let mut code = itoa_buf();
+        self.requests
+            .with_label_values(&[endpoint, role, status_str(status, &mut code)])
+            .inc();
+        self.request_duration_for(endpoint).observe(took.as_secs_f64());
+    }
+
+    fn request_duration_for(&self, endpoint: &str) -> Histogram {
+        self.request_duration.with_label_values(&[endpoint])
+    }
+
+    /// Counts one STS call and its latency.
+    pub fn observe_sts_call(
+        &self,
+        role: &str,
+        api: &str,
+        result: &Result<Credentials, FetchError>,
+        took: Duration,
+    ) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(e) => e.class.as_str(),
+        };
+        self.sts_calls
+            .with_label_values(&[role, api, outcome])
+            .inc();
+        self.sts_duration
+            .with_label_values(&[api])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn set_consecutive_failures(&self, role: &str, n: u32) {
+        self.failures
+            .with_label_values(&[role])
+            .set(i64::from(n));
+    }
+
+    pub fn set_expiry(&self, role: &str, seconds: i64) {
+        self.expiry.with_label_values(&[role]).set(seconds);
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// Counts a reload: `ok`, `error` (bad config, old one kept) or `rejected` (a setting
+    /// that cannot change live).
+    pub fn observe_reload(&self, outcome: &str) {
+        self.reloads.with_label_values(&[outcome]).inc();
+    }
+
+    /// Drops the per-role series of a removed role.
+    pub fn forget_role(&self, role: &str) {
+        let _ = self.expiry.remove_label_values(&[role]);
+        let _ = self.failures.remove_label_values(&[role]);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8192);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding metrics into a Vec cannot fail");
+        out
+    }
+}
+
+fn itoa_buf() -> [u8; 3] {
+    [b'0'; 3]
+}
+
+/// Three-digit status code as text without allocating.
+fn status_str(status: u16, buf: &mut [u8; 3]) -> &str {
+    let s = status.min(999);
+    buf[0] = b'0' + (s / 100) as u8;
+    buf[1] = b'0' + (s / 10 % 10) as u8;
+    buf[2] = b'0' + (s % 10) as u8;
+    std::str::from_utf8(buf).expect("ASCII digits")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_render() {
+        let mut b = itoa_buf();
+        assert_eq!(status_str(200, &mut b), "200");
+        let mut b = itoa_buf();
+        assert_eq!(status_str(503, &mut b), "503");
+    }
+
+    #[test]
+    fn exposition_has_prefixed_names() {
+        let m = Metrics::new();
+        m.observe_request("ecs", "app", 200, Duration::from_millis(1));
+        m.observe_reload("ok");
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("sts_broker_requests_total{endpoint=\"ecs\",role=\"app\",status=\"200\"} 1"), "{text}");
+        assert!(text.contains("sts_broker_config_reloads_total{outcome=\"ok\"} 1"), "{text}");
+        assert!(text.contains("sts_broker_config_reloads_total{outcome=\"error\"} 0"), "{text}");
+    }
+}

@@ -1,0 +1,255 @@
+//! The refresh schedule: refresh ahead of expiry with jitter, back off on failure, and keep
+//! every STS call under the broker-wide rate limit.
+//!
+//! The maths are pure functions ([`refresh_due`], [`backoff`]) with the randomness passed
+//! in; [`role_loop`] is the thin loop around them, one task per role.
+//!
+//! Worked example with the defaults (`lead = "40m"`, `jitter = "30s"`, `duration = "1h"`):
+//! credentials issued at 12:00 expire at 13:00 and are refreshed between 12:19:30 and
+//! 12:20:00. While refreshes fail the 12:00 credentials keep being served until 12:45
+//! (`min_remaining = "15m"`), then requests get 503.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use futures_util::FutureExt;
+use rand::Rng;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{CredentialCache, Fetch, RoleSlot};
+use crate::config::{Config, RefreshConfig};
+use crate::creds::{Credentials, ErrorClass, FetchError};
+use crate::metrics::Metrics;
+use crate::sts::{API_ASSUME_ROLE, Sts};
+
+/// When to refresh credentials issued at `issued` that expire at `expiration`.
+///
+/// `expiration - lead - jitter * u` where `u` in `[0, 1)` is the random draw. If STS granted a
+/// shorter lifetime than the lead assumes (a role's MaxSessionDuration, chaining), the
+/// refresh falls at half the lifetime instead. Never later than the moment the credentials
+/// stop being servable (`expiration - min_remaining`), never before `issued`.
+pub fn refresh_due(
+    issued: SystemTime,
+    expiration: SystemTime,
+    cfg: &RefreshConfig,
+    u: f64,
+) -> SystemTime {
+    let lifetime = expiration.duration_since(issued).unwrap_or_default();
+    let jitter = cfg.jitter.mul_f64(u.clamp(0.0, 1.0));
+    let lead = cfg.lead.for_lifetime(lifetime);
+    let due = if lead + jitter < lifetime {
+        expiration - lead - jitter
+    } else {
+        issued + lifetime / 2
+    };
+    let serve_until = expiration
+        .checked_sub(cfg.min_remaining)
+        .unwrap_or(issued)
+        .max(issued);
+    due.min(serve_until).max(issued)
+}
+
+/// How long to wait after the `failures`-th consecutive failure of class `class`.
+///
+/// Exponential from `backoff_min`, doubling per failure (one extra doubling when throttled),
+/// "equal jitter" (between half and all of the step, `u` in `[0, 1)`), capped at
+/// `backoff_max`. Errors a retry cannot fix (access denied, invalid request) wait
+/// `backoff_max` straight away: no hammering STS while IAM is wrong.
+pub fn backoff(failures: u32, class: ErrorClass, cfg: &RefreshConfig, u: f64) -> Duration {
+    if !class.retryable() {
+        return cfg.backoff_max;
+    }
+    let extra = u32::from(class == ErrorClass::Throttled);
+    let exp = failures.saturating_sub(1).saturating_add(extra).min(30);
+    let step = cfg
+        .backoff_min
+        .saturating_mul(1u32 << exp)
+        .min(cfg.backoff_max);
+    let jittered = step / 2 + (step / 2).mul_f64(u.clamp(0.0, 1.0));
+    jittered.clamp(cfg.backoff_min, cfg.backoff_max)
+}
+
+/// Spaces STS calls broker-wide: each call takes the next free slot `1 / rate` after the
+/// previous one, so a burst (start-up prefetch of many roles) is spread, not dropped.
+#[derive(Debug)]
+pub struct RateLimiter {
+    interval: Duration,
+    next: Mutex<Instant>,
+}
+
+impl RateLimiter {
+    pub fn new(calls_per_second: f64) -> RateLimiter {
+        RateLimiter {
+            interval: Duration::from_secs_f64(1.0 / calls_per_second),
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits for this call's slot.
+    pub async fn acquire(&self) {
+        let slot = {
+            let mut next = self.next.lock().await;
+            let now = Instant::now();
+            let slot = (*next).max(now);
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot.into()).await;
+    }
+}
+
+/// What the fetch function needs; swapped whole on reload.
+#[derive(Debug)]
+pub struct Upstream {
+    pub sts: Sts,
+    pub limiter: RateLimiter,
+}
+
+/// Builds the cache's fetch function: back-off gate, rate limit, STS call, checks on what
+/// came back, status bookkeeping, metrics and logs.
+pub fn fetcher(
+    upstream: Arc<ArcSwap<Upstream>>,
+    config: Arc<ArcSwap<Config>>,
+    metrics: Arc<Metrics>,
+) -> Fetch {
+    Arc::new(move |slot: Arc<RoleSlot>| {
+        let upstream = upstream.load_full();
+        let config = config.load_full();
+        let metrics = Arc::clone(&metrics);
+        async move {
+            let role = slot.config.name.as_str();
+            // The back-off gate: while it is closed, answer with the last error, no STS call.
+            let gated = slot.update_status(|s| match (s.retry_not_before, &s.last_error) {
+                (Some(t), Some(e)) if Instant::now() < t => Some(e.clone()),
+                _ => None,
+            });
+            if let Some(e) = gated {
+                return Err(e);
+            }
+            upstream.limiter.acquire().await;
+            let started = Instant::now();
+            let result = upstream
+                .sts
+                .assume_role(&slot.config)
+                .await
+                .and_then(|c| check_lifetime(c, config.refresh.min_remaining));
+            metrics.observe_sts_call(role, API_ASSUME_ROLE, &result, started.elapsed());
+            let now = SystemTime::now();
+            match &result {
+                Ok(c) => {
+                    slot.update_status(|s| {
+                        s.last_refresh = Some(now);
+                        s.expiration = Some(c.expiration);
+                        s.access_key_id = Some(c.access_key_id.clone());
+                        s.consecutive_failures = 0;
+                        s.last_error = None;
+                        s.retry_not_before = None;
+                    });
+                    metrics.set_consecutive_failures(role, 0);
+                    tracing::info!(
+                        role,
+                        access_key_id = %c.access_key_id,
+                        expiration = %humantime::format_rfc3339_seconds(c.expiration),
+                        expires_in_s = c.expiration.duration_since(now).unwrap_or_default().as_secs(),
+                        "credentials refreshed"
+                    );
+                    // A lazy role that just got its first credentials starts being kept warm.
+                    slot.wake.notify_one();
+                }
+                Err(e) => {
+                    let wait = slot.update_status(|s| {
+                        s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+                        let wait = backoff(
+                            s.consecutive_failures,
+                            e.class,
+                            &config.refresh,
+                            rand::rng().random(),
+                        );
+                        s.last_error = Some(e.clone());
+                        s.retry_not_before = Some(Instant::now() + wait);
+                        metrics.set_consecutive_failures(role, s.consecutive_failures);
+                        wait
+                    });
+                    tracing::warn!(
+                        role,
+                        class = %e.class,
+                        code = e.code.as_deref().unwrap_or(""),
+                        error = %e.message,
+                        retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                        "refresh failed; serving the last good credentials while they last"
+                    );
+                }
+            }
+            result
+        }
+        .boxed()
+    })
+}
+
+/// Credentials that are already too close to expiry are a failure, not a success.
+fn check_lifetime(c: Credentials, min_remaining: Duration) -> Result<Credentials, FetchError> {
+    let left = c
+        .expiration
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    if left <= min_remaining {
+        return Err(FetchError::new(
+            ErrorClass::Transient,
+            None,
+            format!(
+                "STS issued credentials that expire in {}s, not more than min_remaining ({}s)",
+                left.as_secs(),
+                min_remaining.as_secs()
+            ),
+        ));
+    }
+    Ok(c)
+}
+
+/// Keeps one role's credentials fresh until `cancel` fires.
+///
+/// Prefetched roles start at once; lazy (`prefetch = false`) roles wait for their first
+/// request to succeed, then are kept warm the same way.
+pub async fn role_loop(
+    cache: Arc<CredentialCache>,
+    slot: Arc<RoleSlot>,
+    config: Arc<ArcSwap<Config>>,
+    cancel: CancellationToken,
+) {
+    if !slot.config.spec.prefetch {
+        tokio::select! {
+            () = slot.wake.notified() => {}
+            () = cancel.cancelled() => return,
+        }
+    }
+    loop {
+        let now = SystemTime::now();
+        let refresh = config.load().refresh.clone();
+        let due = match cache.peek(&slot.key).await {
+            Some(served) => refresh_due(
+                served.issued,
+                served.expiration,
+                &refresh,
+                rand::rng().random(),
+            ),
+            None => now,
+        };
+        let mut delay = due.duration_since(now).unwrap_or_default();
+        if let Some(t) = slot.status().retry_not_before {
+            delay = delay.max(t.saturating_duration_since(Instant::now()));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            // Forced refresh or a reload: recompute the schedule.
+            () = slot.wake.notified() => continue,
+            () = cancel.cancelled() => return,
+        }
+        // Failures are recorded (status, back-off gate, log) by the fetch function.
+        let _ = cache.load(&slot).await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,202 @@
+//! What every listener shares: the accept loop, connection limits, graceful drain, the
+//! `Host` check and JSON error bodies.
+//!
+//! - HTTP/1.1 only, keep-alive on, `TCP_NODELAY` on (small responses, latency matters).
+//! - Request headers must arrive within [`HEADER_READ_TIMEOUT`] (slowloris) and fit in
+//!   [`MAX_HEADER_BYTES`] (hyper answers 431 beyond it).
+//! - At most [`MAX_CONNECTIONS`] connections per listener; further ones wait in the
+//!   kernel's backlog rather than exhausting file descriptors.
+//! - On shutdown the listener closes at once; open connections finish the request in
+//!   progress and are then closed (hyper-util `GracefulShutdown`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Headers not complete within this are cut off (DESIGN §3).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Larger request heads get 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Connections served at once per listener.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// The body type of every response.
+pub type Body = Full<Bytes>;
+
+/// Serves `listener` with `handler` until `cancel` fires, then drains open connections for
+/// at most `grace`.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    endpoint: &'static str,
+    handler: H,
+    cancel: CancellationToken,
+    grace: Duration,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .keep_alive(true);
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&permits).acquire_owned() => p.expect("semaphore never closed"),
+            () = cancel.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(endpoint, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = cancel.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let fut = handler(req, peer);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let watched = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = watched.await {
+                tracing::debug!(endpoint, %peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(
+            endpoint,
+            grace_s = grace.as_secs(),
+            "connections still open after the grace period; closing them"
+        );
+    }
+}
+
+/// DNS-rebinding defence: accept a `Host` that is an IP literal, `localhost`, or one of
+/// `allowed` (lower-case), with or without a port. A request without `Host` (HTTP/1.0) is
+/// accepted: browsers, the vector of rebinding attacks, always send one.
+pub fn host_allowed<B>(req: &Request<B>, allowed: &[String]) -> bool {
+    let Some(value) = req.headers().get(HOST) else {
+        return true;
+    };
+    let Ok(host) = value.to_str() else {
+        return false;
+    };
+    let name = strip_port(host);
+    if name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+/// `host[:port]` or `[v6][:port]` → the host part (brackets removed).
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// A JSON error body `{"Code","Message"}` with `status`.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "Code": code, "Message": message }).to_string();
+    json_response(status, Bytes::from(body))
+}
+
+/// `status` with a JSON body.
+pub fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// 405 with the `Allow` header.
+pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut resp = error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        &format!("only {allow} is allowed here"),
+    );
+    resp.headers_mut()
+        .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+/// 403 for a `Host` that failed [`host_allowed`].
+pub fn forbidden_host() -> Response<Body> {
+    error_response(
+        StatusCode::FORBIDDEN,
+        "InvalidHost",
+        "the Host header must be an IP address, localhost or a name in allowed_hosts",
+    )
+}
+
+/// 404 for any path the listener does not serve.
+pub fn not_found() -> Response<Body> {
+    error_response(StatusCode::NOT_FOUND, "NotFound", "no such path")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(host: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().uri("/");
+        if let Some(h) = host {
+            b = b.header(HOST, h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn host_check_table() {
+        let allowed = vec!["broker.internal".to_string()];
+        let cases = [
+            (Some("127.0.0.1:8170"), true, "IPv4 literal with port"),
+            (Some("127.0.0.1"), true, "IPv4 literal"),
+            (Some("[::1]:8170"), true, "IPv6 literal with port"),
+            (Some("169.254.170.23"), true, "link-local ECS address"),
+            (Some("localhost:8170"), true, "localhost"),
+            (Some("LOCALHOST"), true, "localhost, any case"),
+            (Some("broker.internal:80"), true, "configured name"),
+            (Some("evil.example.com"), false, "rebinding name"),
+            (Some("localhost.evil.com"), false, "suffix trick"),
+            (Some("127.0.0.1.nip.io"), false, "IP-looking name"),
+            (None, true, "HTTP/1.0 without Host"),
+        ];
+        for (host, want, docs) in cases {
+            assert_eq!(host_allowed(&req(host), &allowed), want, "{docs}");
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! What the request handlers read: one immutable [`Snapshot`] of the configuration, the role
+//! slots and the client-token index, swapped whole on reload (`arc-swap`: the hot path takes
+//! no lock a writer holds).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::cache::RoleSlot;
+use crate::config::Config;
+
+/// Everything a handler needs to answer, consistent within one request.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub roles: HashMap<String, Arc<RoleSlot>>,
+    pub tokens: TokenIndex,
+}
+
+/// What a presented client token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The token is allowed to fetch the requested role.
+    Allowed,
+    /// A known token, but for other roles.
+    WrongRole,
+    /// Not a token this broker knows.
+    Unknown,
+}
+
+/// Client tokens by SHA-256 digest → the roles each may fetch.
+///
+/// Comparing fixed-length digests means neither the token's length nor a matching prefix
+/// leaks through timing; the map lookup picks the candidate, a constant-time comparison of
+/// the full digest confirms it. The tokens themselves are not kept here.
+#[derive(Debug, Default)]
+pub struct TokenIndex {
+    by_digest: HashMap<[u8; 32], Vec<Arc<str>>>,
+}
+
+impl TokenIndex {
+    /// Indexes every role's tokens.
+    pub fn build(config: &Config) -> TokenIndex {
+        let mut by_digest: HashMap<[u8; 32], Vec<Arc<str>>> = HashMap::new();
+        for role in &config.roles {
+            let name: Arc<str> = Arc::from(role.name.as_str());
+            for t in &role.tokens {
+                let roles = by_digest.entry(digest(t.expose().as_bytes())).or_default();
+                if !roles.contains(&name) {
+                    roles.push(Arc::clone(&name));
+                }
+            }
+        }
+        TokenIndex { by_digest }
+    }
+
+    /// What `token` (the raw `Authorization` header value) may do for `role`.
+    pub fn check(&self, token: &[u8], role: &str) -> Access {
+        let d = digest(token);
+        match self.by_digest.get_key_value(&d) {
+            Some((stored, roles)) if bool::from(stored.ct_eq(&d)) => {
+                if roles.iter().any(|r| &**r == role) {
+                    Access::Allowed
+                } else {
+                    Access::WrongRole
+                }
+            }
+            _ => Access::Unknown,
+        }
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, LoadContext};
+
+    #[test]
+    fn tokens_map_to_their_roles() {
+        let cfg = Config::parse(
+            r#"
+            [sts]
+            region = "us-east-1"
+            [[role]]
+            name = "a"
+            arn = "arn:aws:iam::123456789012:role/a"
+            tokens = ["token-for-a-0123456789", "shared-token-0123456789"]
+            [[role]]
+            name = "b"
+            arn = "arn:aws:iam::123456789012:role/b"
+            tokens = ["shared-token-0123456789"]
+            "#,
+            "t.toml",
+            &LoadContext {
+                hostname: "h".into(),
+            },
+        )
+        .unwrap();
+        let idx = TokenIndex::build(&cfg);
+        assert_eq!(idx.check(b"token-for-a-0123456789", "a"), Access::Allowed);
+        assert_eq!(idx.check(b"token-for-a-0123456789", "b"), Access::WrongRole);
+        assert_eq!(idx.check(b"shared-token-0123456789", "b"), Access::Allowed);
+        assert_eq!(idx.check(b"shared-token-0123456789", "a"), Access::Allowed);
+        assert_eq!(idx.check(b"token-for-a-012345678", "a"), Access::Unknown);
+        assert_eq!(idx.check(b"", "a"), Access::Unknown);
+        assert_eq!(idx.check(b"token-for-a-0123456789", "nope"), Access::WrongRole);
+    }
+}

@@ -1,0 +1,318 @@
+//! The one place that talks to STS (through `aws-sdk-sts`).
+//!
+//! Output is converted into [`Credentials`] the moment it arrives: the SDK's `Debug` of an
+//! `AssumeRoleOutput` prints the session token, so SDK types never leave this module.
+//! Errors are classified once ([`classify`]) into an [`ErrorClass`] so that back-off and the
+//! 503 body know whether a retry can help.
+//!
+//! SDK retries are off: the refresh scheduler owns retries and back-off, and a cold request
+//! is bounded by `[sts].timeout` alone.
+
+use std::time::{Duration, SystemTime};
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sts::types::Tag;
+use aws_sdk_sts::config::Region;
+use aws_sdk_sts::config::http::HttpResponse;
+
+use crate::config::{RoleConfig, StsConfig};
+use crate::creds::{Credentials, ErrorClass, FetchError, Secret};
+
+/// STS API names, used as the `api` metric label.
+pub const API_ASSUME_ROLE: &str = "AssumeRole";
+pub const API_ASSUME_ROLE_WITH_WEB_IDENTITY: &str = "AssumeRoleWithWebIdentity";
+
+/// An STS client for one `[sts]` + `[source]` configuration.
+#[derive(Clone, Debug)]
+pub struct Sts {
+    client: aws_sdk_sts::Client,
+}
+
+/// Loads the shared AWS config (region chain, profile) that both the STS client and the
+/// source credentials start from.
+pub async fn base_sdk_config(sts: &StsConfig, profile: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = &sts.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(profile) = profile {
+        loader = loader.profile_name(profile);
+    }
+    loader.load().await
+}
+
+impl Sts {
+    /// Builds a client that signs with `credentials` (or with none: web identity calls are
+    /// unsigned).
+    ///
+    /// # Errors
+    /// When no region is configured and the AWS config chain provides none either.
+    pub fn new(
+        base: &aws_config::SdkConfig,
+        sts: &StsConfig,
+        credentials: Option<SharedCredentialsProvider>,
+    ) -> Result<Sts, String> {
+        if base.region().is_none() {
+            return Err(
+                "no AWS region: set [sts].region or AWS_REGION (the AWS config chain found none)"
+                    .to_string(),
+            );
+        }
+        let mut builder = aws_sdk_sts::config::Builder::from(base)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(sts.timeout)
+                    .connect_timeout(sts.timeout.min(Duration::from_secs(3)))
+                    .build(),
+            );
+        if let Some(endpoint) = &sts.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        builder.set_credentials_provider(credentials);
+        Ok(Sts {
+            client: aws_sdk_sts::Client::from_conf(builder.build()),
+        })
+    }
+
+    /// AssumeRole with every parameter the role configures.
+    ///
+    /// # Errors
+    /// A classified [`FetchError`]; its message is safe to log and to send to clients.
+    pub async fn assume_role(&self, role: &RoleConfig) -> Result<Credentials, FetchError> {
+        let spec = &role.spec;
+        let tags = spec
+            .tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| FetchError::new(ErrorClass::InvalidConfig, None, e.to_string()))?;
+        let policy_arns = spec
+            .policy_arns
+            .iter()
+            .map(|a| aws_sdk_sts::types::PolicyDescriptorType::builder().arn(a).build())
+            .collect::<Vec<_>>();
+        let out = self
+            .client
+            .assume_role()
+            .role_arn(&spec.arn)
+            .role_session_name(&spec.session_name)
+            .set_external_id(spec.external_id.as_ref().map(|x| x.expose().to_string()))
+            .duration_seconds(i32::try_from(spec.duration.as_secs()).unwrap_or(i32::MAX))
+            .set_tags((!tags.is_empty()).then_some(tags))
+            .set_transitive_tag_keys(
+                (!spec.transitive_tag_keys.is_empty()).then(|| spec.transitive_tag_keys.clone()),
+            )
+            .set_policy_arns((!policy_arns.is_empty()).then_some(policy_arns))
+            .set_policy(spec.policy.clone())
+            .set_source_identity(spec.source_identity.clone())
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        convert(
+            out.credentials(),
+            out.assumed_role_user().map(|u| u.arn().to_string()),
+        )
+    }
+
+    /// AssumeRoleWithWebIdentity (unsigned) with a token read by the caller.
+    ///
+    /// # Errors
+    /// A classified [`FetchError`].
+    pub async fn assume_role_with_web_identity(
+        &self,
+        role_arn: &str,
+        session_name: &str,
+        token: &Secret,
+    ) -> Result<Credentials, FetchError> {
+        let out = self
+            .client
+            .assume_role_with_web_identity()
+            .role_arn(role_arn)
+            .role_session_name(session_name)
+            .web_identity_token(token.expose())
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        convert(
+            out.credentials(),
+            out.assumed_role_user().map(|u| u.arn().to_string()),
+        )
+    }
+}
+
+/// SDK credentials → ours. Empty fields are an error: empty credentials are never served.
+fn convert(
+    c: Option<&aws_sdk_sts::types::Credentials>,
+    assumed_arn: Option<String>,
+) -> Result<Credentials, FetchError> {
+    let empty = || {
+        FetchError::new(
+            ErrorClass::Transient,
+            None,
+            "STS answered without credentials",
+        )
+    };
+    let c = c.ok_or_else(empty)?;
+    if c.access_key_id().is_empty() || c.secret_access_key().is_empty() {
+        return Err(empty());
+    }
+    let expiration = SystemTime::try_from(*c.expiration()).map_err(|_| {
+        FetchError::new(
+            ErrorClass::Transient,
+            None,
+            "STS answered with an unrepresentable expiration",
+        )
+    })?;
+    Ok(Credentials {
+        access_key_id: c.access_key_id().to_string(),
+        secret_access_key: Secret::new(c.secret_access_key().to_string()),
+        session_token: Secret::new(c.session_token().to_string()),
+        expiration,
+        assumed_arn,
+    })
+}
+
+/// STS error codes that mean "slow down".
+const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+];
+/// Codes that mean the caller is not allowed (IAM must change before a retry helps).
+const DENIED_CODES: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+    "IDPRejectedClaim",
+    "InvalidIdentityToken",
+];
+/// Codes that mean the request is wrong as configured.
+const INVALID_CODES: &[&str] = &[
+    "MalformedPolicyDocument",
+    "PackedPolicyTooLarge",
+    "RegionDisabledException",
+    "ValidationError",
+    "InvalidParameterValue",
+    "InvalidParameterCombination",
+    "InvalidAction",
+];
+
+/// Classifies an SDK error once. Messages are built from the error code and STS's message,
+/// never from response bodies (a truncated success body would hold the secret key).
+pub fn classify<E>(err: &SdkError<E, HttpResponse>) -> FetchError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err {
+        SdkError::ServiceError(ctx) => {
+            let e = ctx.err();
+            let code = e.code().map(str::to_string);
+            let message = e.message().unwrap_or("no message").to_string();
+            let status = Some(ctx.raw().status().as_u16());
+            let class = classify_code(code.as_deref(), status);
+            let text = match &code {
+                Some(c) => format!("STS error {c}: {message}"),
+                None => format!("STS answered HTTP {}: {message}", status.unwrap_or(0)),
+            };
+            FetchError::new(class, code, text)
+        }
+        SdkError::TimeoutError(_) => FetchError::new(
+            ErrorClass::Transient,
+            None,
+            "STS call timed out ([sts].timeout)",
+        ),
+        SdkError::DispatchFailure(d) => {
+            let what = if d.is_timeout() {
+                "timed out"
+            } else if d.is_io() {
+                "failed (connection error)"
+            } else {
+                "failed"
+            };
+            let detail = aws_sdk_sts::error::DisplayErrorContext(err).to_string();
+            FetchError::new(
+                ErrorClass::Transient,
+                None,
+                format!("sending the request to STS {what}: {}", first_line(&detail)),
+            )
+        }
+        SdkError::ResponseError(_) => FetchError::new(
+            ErrorClass::Transient,
+            None,
+            "STS sent a response that could not be read (truncated or malformed)",
+        ),
+        SdkError::ConstructionFailure(_) => {
+            let detail = aws_sdk_sts::error::DisplayErrorContext(err).to_string();
+            FetchError::new(
+                ErrorClass::InvalidConfig,
+                None,
+                format!(
+                    "could not build the STS request (are source credentials available?): {}",
+                    first_line(&detail)
+                ),
+            )
+        }
+        _ => FetchError::new(ErrorClass::Transient, None, "STS call failed"),
+    }
+}
+
+/// The class for an STS error code and HTTP status.
+pub fn classify_code(code: Option<&str>, status: Option<u16>) -> ErrorClass {
+    match code {
+        Some(c) if THROTTLING_CODES.contains(&c) => ErrorClass::Throttled,
+        Some(c) if DENIED_CODES.contains(&c) => ErrorClass::AccessDenied,
+        Some(c) if INVALID_CODES.contains(&c) => ErrorClass::InvalidConfig,
+        _ => match status {
+            Some(429) => ErrorClass::Throttled,
+            Some(s) if s >= 500 => ErrorClass::Transient,
+            Some(401 | 403) => ErrorClass::AccessDenied,
+            Some(s) if s >= 400 => ErrorClass::InvalidConfig,
+            _ => ErrorClass::Transient,
+        },
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_classified() {
+        let cases = [
+            (Some("Throttling"), Some(400), ErrorClass::Throttled),
+            (Some("RequestLimitExceeded"), Some(400), ErrorClass::Throttled),
+            (Some("AccessDenied"), Some(403), ErrorClass::AccessDenied),
+            (
+                Some("MalformedPolicyDocument"),
+                Some(400),
+                ErrorClass::InvalidConfig,
+            ),
+            (
+                Some("RegionDisabledException"),
+                Some(403),
+                ErrorClass::InvalidConfig,
+            ),
+            (Some("InternalFailure"), Some(500), ErrorClass::Transient),
+            (None, Some(503), ErrorClass::Transient),
+            (None, Some(403), ErrorClass::AccessDenied),
+            (None, Some(429), ErrorClass::Throttled),
+            (Some("Weird"), Some(400), ErrorClass::InvalidConfig),
+            (None, None, ErrorClass::Transient),
+        ];
+        for (code, status, want) in cases {
+            assert_eq!(classify_code(code, status), want, "{code:?} {status:?}");
+        }
+    }
+}
