@@ -51,7 +51,10 @@ impl fmt::Debug for Served {
         f.debug_struct("Served")
             .field("ecs_body", &crate::creds::REDACTED)
             .field("access_key_id", &self.access_key_id)
-            .field("expiration", &humantime::format_rfc3339_seconds(self.expiration))
+            .field(
+                "expiration",
+                &format_args!("{}", humantime::format_rfc3339_seconds(self.expiration)),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -251,7 +254,8 @@ impl CredentialCache {
 
     /// Applies a reloaded `[refresh].min_remaining` to future renders and reads.
     pub fn set_min_remaining(&self, d: Duration) {
-        self.min_remaining_ms.store(duration_ms(d), Ordering::Relaxed);
+        self.min_remaining_ms
+            .store(duration_ms(d), Ordering::Relaxed);
     }
 
     fn min_remaining(&self) -> Duration {

@@ -41,7 +41,11 @@ pub fn check_summary(config: &Config) -> String {
             s.tags.len(),
             s.policy_arns.len(),
             if s.policy.is_some() { "yes" } else { "no" },
-            if s.external_id.is_some() { "set" } else { "none" },
+            if s.external_id.is_some() {
+                "set"
+            } else {
+                "none"
+            },
             s.source_identity.as_deref().unwrap_or("none"),
             r.tokens.len(),
             s.prefetch,
@@ -128,5 +132,7 @@ pub async fn assume_once(config: &Config, role: &str) -> Result<Credentials, Str
         .role(role)
         .ok_or_else(|| format!("no role named {role:?} in the config"))?;
     let sts = crate::source::build_sts(config).await?;
-    sts.assume_role(r).await.map_err(|e: FetchError| e.to_string())
+    sts.assume_role(r)
+        .await
+        .map_err(|e: FetchError| e.to_string())
 }

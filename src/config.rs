@@ -317,6 +317,32 @@ fn default_true() -> bool {
 }
 
 const TOP_LEVEL_TABLES: &[&str] = &["sts", "source", "refresh", "ecs", "admin", "role"];
+const STS_KEYS: &[&str] = &["region", "endpoint", "timeout", "max_calls_per_second"];
+const SOURCE_KEYS: &[&str] = &["kind", "name", "token_file", "role_arn", "session_name"];
+const REFRESH_KEYS: &[&str] = &[
+    "lead",
+    "min_remaining",
+    "jitter",
+    "backoff_min",
+    "backoff_max",
+];
+const LISTENER_KEYS: &[&str] = &["listen", "allowed_hosts"];
+const ROLE_KEYS: &[&str] = &[
+    "name",
+    "kind",
+    "arn",
+    "session_name",
+    "external_id",
+    "duration",
+    "tags",
+    "transitive_tag_keys",
+    "policy_arns",
+    "policy",
+    "source_identity",
+    "token_files",
+    "tokens",
+    "prefetch",
+];
 
 // === loading ===
 
@@ -411,14 +437,15 @@ impl Config {
             }
         }
 
-        let sts = section::<RawSts>(&mut p, &table, "sts").map(|raw| build_sts(&mut p, raw));
-        let source =
-            section::<RawSource>(&mut p, &table, "source").map(|raw| build_source(&mut p, raw));
-        let refresh = section::<RawRefresh>(&mut p, &table, "refresh")
+        let sts =
+            section::<RawSts>(&mut p, &table, "sts", STS_KEYS).map(|raw| build_sts(&mut p, raw));
+        let source = section::<RawSource>(&mut p, &table, "source", SOURCE_KEYS)
+            .map(|raw| build_source(&mut p, raw));
+        let refresh = section::<RawRefresh>(&mut p, &table, "refresh", REFRESH_KEYS)
             .map(|raw| build_refresh(&mut p, raw));
-        let ecs = section::<RawListener>(&mut p, &table, "ecs")
+        let ecs = section::<RawListener>(&mut p, &table, "ecs", LISTENER_KEYS)
             .map(|raw| build_listener(&mut p, "ecs", raw, DEFAULT_ECS_LISTEN));
-        let admin = section::<RawListener>(&mut p, &table, "admin")
+        let admin = section::<RawListener>(&mut p, &table, "admin", LISTENER_KEYS)
             .map(|raw| build_listener(&mut p, "admin", raw, DEFAULT_ADMIN_LISTEN));
         let roles = build_roles(&mut p, table.get("role"), refresh.as_ref(), ctx);
 
@@ -452,16 +479,44 @@ fn section<T: for<'de> Deserialize<'de> + Default>(
     p: &mut Problems,
     table: &toml::Table,
     name: &'static str,
+    known: &[&str],
 ) -> Option<T> {
     match table.get(name) {
         None => Some(T::default()),
-        Some(v) => match v.clone().try_into::<T>() {
-            Ok(t) => Some(t),
-            Err(e) => {
-                p.error(Scope::Table(name), None, clean_serde_error(&e.to_string()));
-                None
-            }
-        },
+        Some(v) => deserialize_known(p, Scope::Table(name), v, known),
+    }
+}
+
+/// Reports every unknown key (each by name) and deserializes the known ones, so that one
+/// misspelt key does not hide the problems in the rest of the table.
+fn deserialize_known<T: for<'de> Deserialize<'de>>(
+    p: &mut Problems,
+    scope: Scope,
+    value: &toml::Value,
+    known: &[&str],
+) -> Option<T> {
+    let Some(table) = value.as_table() else {
+        p.error(scope, None, "must be a table");
+        return None;
+    };
+    let mut clean = toml::Table::new();
+    for (k, v) in table {
+        if known.contains(&k.as_str()) {
+            clean.insert(k.clone(), v.clone());
+        } else {
+            p.error(
+                scope.clone(),
+                Some(k),
+                format!("unknown key; expected one of {}", known.join(", ")),
+            );
+        }
+    }
+    match toml::Value::Table(clean).try_into::<T>() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            p.error(scope, None, clean_serde_error(&e.to_string()));
+            None
+        }
     }
 }
 
@@ -540,7 +595,11 @@ fn build_source(p: &mut Problems, raw: RawSource) -> SourceConfig {
             only_for("name", raw.name.is_some(), "\"profile\"");
             only_for("token_file", raw.token_file.is_some(), "\"web_identity\"");
             only_for("role_arn", raw.role_arn.is_some(), "\"web_identity\"");
-            only_for("session_name", raw.session_name.is_some(), "\"web_identity\"");
+            only_for(
+                "session_name",
+                raw.session_name.is_some(),
+                "\"web_identity\"",
+            );
             if kind == "default" {
                 SourceConfig::Default
             } else {
@@ -550,7 +609,11 @@ fn build_source(p: &mut Problems, raw: RawSource) -> SourceConfig {
         "profile" => {
             only_for("token_file", raw.token_file.is_some(), "\"web_identity\"");
             only_for("role_arn", raw.role_arn.is_some(), "\"web_identity\"");
-            only_for("session_name", raw.session_name.is_some(), "\"web_identity\"");
+            only_for(
+                "session_name",
+                raw.session_name.is_some(),
+                "\"web_identity\"",
+            );
             match raw.name {
                 Some(name) if !name.is_empty() => SourceConfig::Profile { name },
                 _ => {
@@ -573,9 +636,7 @@ fn build_source(p: &mut Problems, raw: RawSource) -> SourceConfig {
             if let Err(why) = check_role_arn(&role_arn) {
                 p.error(scope.clone(), Some("role_arn"), why);
             }
-            let session_name = raw
-                .session_name
-                .unwrap_or_else(|| "sts-broker".to_string());
+            let session_name = raw.session_name.unwrap_or_else(|| "sts-broker".to_string());
             if let Err(why) = check_session_name(&session_name) {
                 p.error(scope, Some("session_name"), why);
             }
@@ -638,7 +699,11 @@ fn build_refresh(p: &mut Problems, raw: RawRefresh) -> RefreshConfig {
         .duration(&scope, "backoff_max", raw.backoff_max.as_deref())
         .unwrap_or(DEFAULT_BACKOFF_MAX);
     if backoff_min.is_zero() {
-        p.error(scope.clone(), Some("backoff_min"), "must be greater than zero");
+        p.error(
+            scope.clone(),
+            Some("backoff_min"),
+            "must be greater than zero",
+        );
     }
     if backoff_max < backoff_min {
         p.error(
@@ -695,7 +760,9 @@ fn build_listener(
             Err(_) => p.error(
                 scope.clone(),
                 Some("listen"),
-                format!("{a:?} is not an IP:port address like \"127.0.0.1:8170\" or \"[::1]:8170\""),
+                format!(
+                    "{a:?} is not an IP:port address like \"127.0.0.1:8170\" or \"[::1]:8170\""
+                ),
             ),
         }
     }
@@ -762,20 +829,16 @@ fn build_roles(
             );
             continue;
         }
-        let raw: RawRole = match entry.clone().try_into() {
-            Ok(r) => r,
-            Err(e) => {
-                p.error(scope, None, clean_serde_error(&e.to_string()));
-                continue;
-            }
-        };
-        if !seen.insert(raw.name.clone()) {
+        if !seen.insert(label.clone()) {
             p.error(
                 scope.clone(),
                 Some("name"),
                 "is used by another [[role]]; names must be unique",
             );
         }
+        let Some(raw) = deserialize_known::<RawRole>(p, scope, entry, ROLE_KEYS) else {
+            continue;
+        };
         if let Some(role) = build_role(p, raw, refresh, ctx) {
             roles.push(Arc::new(role));
         }
@@ -857,7 +920,10 @@ fn build_role(
         err(
             p,
             "tags",
-            format!("{} session tags; STS accepts at most {MAX_TAGS}", raw.tags.len()),
+            format!(
+                "{} session tags; STS accepts at most {MAX_TAGS}",
+                raw.tags.len()
+            ),
         );
     }
     let mut lower_keys = HashSet::new();
@@ -1065,9 +1131,8 @@ pub fn check_role_name(name: &str) -> Result<(), String> {
 
 /// `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME`; returns the account.
 pub fn check_role_arn(arn: &str) -> Result<String, String> {
-    let bad = || {
-        format!("{arn:?} is not an IAM role ARN like \"arn:aws:iam::123456789012:role/name\"")
-    };
+    let bad =
+        || format!("{arn:?} is not an IAM role ARN like \"arn:aws:iam::123456789012:role/name\"");
     if !(20..=2048).contains(&arn.len()) {
         return Err(bad());
     }
@@ -1087,7 +1152,11 @@ pub fn check_role_arn(arn: &str) -> Result<String, String> {
         && resource
             .chars()
             .all(|c| is_word(c) || "+=,.@/-".contains(c));
-    if ok { Ok(account.to_string()) } else { Err(bad()) }
+    if ok {
+        Ok(account.to_string())
+    } else {
+        Err(bad())
+    }
 }
 
 /// `arn:PARTITION:iam::(ACCOUNT|aws):policy/[PATH/]NAME`.
@@ -1101,7 +1170,9 @@ pub fn check_policy_arn(arn: &str) -> Result<(), String> {
                 && region.is_empty()
                 && (account == "aws"
                     || (account.len() == 12 && account.chars().all(|c| c.is_ascii_digit())))
-                && resource.strip_prefix("policy/").is_some_and(|r| !r.is_empty())
+                && resource
+                    .strip_prefix("policy/")
+                    .is_some_and(|r| !r.is_empty())
         }
         _ => false,
     };
@@ -1116,7 +1187,8 @@ pub fn check_policy_arn(arn: &str) -> Result<(), String> {
 
 /// RoleSessionName: 2..64 of `[\w+=,.@-]`.
 pub fn check_session_name(name: &str) -> Result<(), String> {
-    let ok = (2..=64).contains(&name.len()) && name.chars().all(|c| is_word(c) || "+=,.@-".contains(c));
+    let ok =
+        (2..=64).contains(&name.len()) && name.chars().all(|c| is_word(c) || "+=,.@-".contains(c));
     if ok {
         Ok(())
     } else {
@@ -1212,10 +1284,18 @@ pub fn expand_session_name(template: &str, hostname: &str) -> String {
     let room = 64usize.saturating_sub(fixed.len());
     let host: String = hostname
         .chars()
-        .map(|c| if is_word(c) || "+=,.@-".contains(c) { c } else { '-' })
+        .map(|c| {
+            if is_word(c) || "+=,.@-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(room)
         .collect();
-    template.replacen(PLACEHOLDER, &host, 1).replace(PLACEHOLDER, "")
+    template
+        .replacen(PLACEHOLDER, &host, 1)
+        .replace(PLACEHOLDER, "")
 }
 
 #[cfg(test)]

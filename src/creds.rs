@@ -74,7 +74,10 @@ impl fmt::Debug for Credentials {
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &self.secret_access_key)
             .field("session_token", &self.session_token)
-            .field("expiration", &humantime::format_rfc3339_seconds(self.expiration))
+            .field(
+                "expiration",
+                &format_args!("{}", humantime::format_rfc3339_seconds(self.expiration)),
+            )
             .field("assumed_arn", &self.assumed_arn)
             .finish()
     }

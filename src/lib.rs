@@ -329,7 +329,10 @@ async fn bind_all(
 }
 
 fn local_addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {
-    listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect()
 }
 
 /// Runs a broker with `config` until `shutdown` completes, then drains and returns.

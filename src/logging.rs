@@ -43,11 +43,10 @@ pub fn init(format: LogFormat) {
     let env = EnvFilter::builder()
         .with_default_directive(LevelFilter::INFO.into())
         .from_env_lossy();
-    let caps = CAPPED_TARGETS
-        .iter()
-        .fold(Targets::new().with_default(LevelFilter::TRACE), |t, target| {
-            t.with_target(*target, LevelFilter::INFO)
-        });
+    let caps = CAPPED_TARGETS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |t, target| t.with_target(*target, LevelFilter::INFO),
+    );
     let registry = tracing_subscriber::registry().with(env).with(caps);
     match format {
         LogFormat::Json => registry

@@ -16,7 +16,11 @@ const EX_CONFIG: u8 = 78;
 const EX_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser, Debug)]
-#[command(name = "sts-broker", version, about = "Assumes IAM roles through AWS STS ahead of expiry and serves the credentials to local workloads")]
+#[command(
+    name = "sts-broker",
+    version,
+    about = "Assumes IAM roles through AWS STS ahead of expiry and serves the credentials to local workloads"
+)]
 struct Cli {
     /// Log format (default: json when stderr is not a terminal).
     #[arg(long, global = true, value_enum)]

@@ -72,7 +72,9 @@ impl Metrics {
         let sts_duration = HistogramVec::new(
             HistogramOpts::new("sts_call_duration_seconds", "STS call latency")
                 .namespace(NS)
-                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
             &["api"],
         )
         .expect("valid metric");
@@ -100,8 +102,11 @@ impl Metrics {
         )
         .expect("valid metric");
         let ready = IntGauge::with_opts(
-            Opts::new("ready", "1 when every prefetched role holds servable credentials")
-                .namespace(NS),
+            Opts::new(
+                "ready",
+                "1 when every prefetched role holds servable credentials",
+            )
+            .namespace(NS),
         )
         .expect("valid metric");
         for c in [
@@ -138,7 +143,8 @@ impl Metrics {
         self.requests
             .with_label_values(&[endpoint, role, status_str(status, &mut code)])
             .inc();
-        self.request_duration_for(endpoint).observe(took.as_secs_f64());
+        self.request_duration_for(endpoint)
+            .observe(took.as_secs_f64());
     }
 
     fn request_duration_for(&self, endpoint: &str) -> Histogram {
@@ -166,9 +172,7 @@ impl Metrics {
     }
 
     pub fn set_consecutive_failures(&self, role: &str, n: u32) {
-        self.failures
-            .with_label_values(&[role])
-            .set(i64::from(n));
+        self.failures.with_label_values(&[role]).set(i64::from(n));
     }
 
     pub fn set_expiry(&self, role: &str, seconds: i64) {
@@ -232,8 +236,19 @@ mod tests {
         m.observe_request("ecs", "app", 200, Duration::from_millis(1));
         m.observe_reload("ok");
         let text = String::from_utf8(m.render()).unwrap();
-        assert!(text.contains("sts_broker_requests_total{endpoint=\"ecs\",role=\"app\",status=\"200\"} 1"), "{text}");
-        assert!(text.contains("sts_broker_config_reloads_total{outcome=\"ok\"} 1"), "{text}");
-        assert!(text.contains("sts_broker_config_reloads_total{outcome=\"error\"} 0"), "{text}");
+        assert!(
+            text.contains(
+                "sts_broker_requests_total{endpoint=\"ecs\",role=\"app\",status=\"200\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("sts_broker_config_reloads_total{outcome=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sts_broker_config_reloads_total{outcome=\"error\"} 0"),
+            "{text}"
+        );
     }
 }

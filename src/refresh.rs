@@ -76,14 +76,14 @@ pub fn backoff(failures: u32, class: ErrorClass, cfg: &RefreshConfig, u: f64) ->
 #[derive(Debug)]
 pub struct RateLimiter {
     interval: Duration,
-    next: Mutex<Instant>,
+    next: Mutex<tokio::time::Instant>,
 }
 
 impl RateLimiter {
     pub fn new(calls_per_second: f64) -> RateLimiter {
         RateLimiter {
             interval: Duration::from_secs_f64(1.0 / calls_per_second),
-            next: Mutex::new(Instant::now()),
+            next: Mutex::new(tokio::time::Instant::now()),
         }
     }
 
@@ -91,12 +91,11 @@ impl RateLimiter {
     pub async fn acquire(&self) {
         let slot = {
             let mut next = self.next.lock().await;
-            let now = Instant::now();
-            let slot = (*next).max(now);
+            let slot = (*next).max(tokio::time::Instant::now());
             *next = slot + self.interval;
             slot
         };
-        tokio::time::sleep_until(slot.into()).await;
+        tokio::time::sleep_until(slot).await;
     }
 }
 

@@ -109,6 +109,9 @@ mod tests {
         assert_eq!(idx.check(b"shared-token-0123456789", "a"), Access::Allowed);
         assert_eq!(idx.check(b"token-for-a-012345678", "a"), Access::Unknown);
         assert_eq!(idx.check(b"", "a"), Access::Unknown);
-        assert_eq!(idx.check(b"token-for-a-0123456789", "nope"), Access::WrongRole);
+        assert_eq!(
+            idx.check(b"token-for-a-0123456789", "nope"),
+            Access::WrongRole
+        );
     }
 }

@@ -14,10 +14,10 @@ use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::provider::SharedCredentialsProvider;
-use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_sts::types::Tag;
 use aws_sdk_sts::config::Region;
 use aws_sdk_sts::config::http::HttpResponse;
+use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sts::types::Tag;
 
 use crate::config::{RoleConfig, StsConfig};
 use crate::creds::{Credentials, ErrorClass, FetchError, Secret};
@@ -94,7 +94,11 @@ impl Sts {
         let policy_arns = spec
             .policy_arns
             .iter()
-            .map(|a| aws_sdk_sts::types::PolicyDescriptorType::builder().arn(a).build())
+            .map(|a| {
+                aws_sdk_sts::types::PolicyDescriptorType::builder()
+                    .arn(a)
+                    .build()
+            })
             .collect::<Vec<_>>();
         let out = self
             .client
@@ -292,7 +296,11 @@ mod tests {
     fn codes_are_classified() {
         let cases = [
             (Some("Throttling"), Some(400), ErrorClass::Throttled),
-            (Some("RequestLimitExceeded"), Some(400), ErrorClass::Throttled),
+            (
+                Some("RequestLimitExceeded"),
+                Some(400),
+                ErrorClass::Throttled,
+            ),
             (Some("AccessDenied"), Some(403), ErrorClass::AccessDenied),
             (
                 Some("MalformedPolicyDocument"),

@@ -1,0 +1,473 @@
+use super::*;
+
+fn ctx() -> LoadContext {
+    LoadContext {
+        hostname: "node-1".to_string(),
+    }
+}
+
+const BASE: &str = r#"
+[sts]
+region = "us-east-1"
+"#;
+
+fn role(extra: &str) -> String {
+    format!(
+        "{BASE}\n[[role]]\nname = \"app\"\narn = \"arn:aws:iam::123456789012:role/app\"\ntokens = [\"tok-0123456789abcdef\"]\n{extra}\n"
+    )
+}
+
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(text, "test.toml", &ctx())
+}
+
+#[track_caller]
+fn errors(text: &str) -> Vec<String> {
+    match parse(text) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn full_example_parses() {
+    let text = format!(
+        r#"{BASE}
+endpoint = "http://127.0.0.1:5000"
+timeout = "3s"
+max_calls_per_second = 5
+
+[source]
+kind = "static_env"
+
+[refresh]
+lead = "66%"
+min_remaining = "10m"
+jitter = "10s"
+backoff_min = "500ms"
+backoff_max = "1m"
+
+[ecs]
+listen = ["127.0.0.1:0", "[::1]:0"]
+allowed_hosts = ["Broker.Internal"]
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[role]]
+name = "app"
+arn = "arn:aws:iam::123456789012:role/path/app"
+session_name = "app-{{hostname}}"
+external_id = "ext-123"
+duration = "2h"
+tags = {{ team = "payments", env = "prod" }}
+transitive_tag_keys = ["team"]
+policy_arns = ["arn:aws:iam::aws:policy/ReadOnlyAccess"]
+policy = '{{"Version":"2012-10-17","Statement":[]}}'
+source_identity = "alice"
+tokens = ["tok-0123456789abcdef"]
+prefetch = false
+"#
+    );
+    let c = parse(&text).expect("valid");
+    assert_eq!(c.sts.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+    assert_eq!(c.sts.timeout, Duration::from_secs(3));
+    assert_eq!(c.source, SourceConfig::StaticEnv);
+    assert_eq!(c.refresh.lead, Lead::Fraction(0.66));
+    assert_eq!(c.refresh.backoff_min, Duration::from_millis(500));
+    assert_eq!(c.ecs.listen.len(), 2);
+    assert_eq!(c.ecs.allowed_hosts, vec!["broker.internal".to_string()]);
+    let r = &c.roles[0];
+    assert_eq!(r.spec.account_id, "123456789012");
+    assert_eq!(r.spec.session_name, "app-node-1");
+    assert_eq!(r.spec.duration, Duration::from_secs(7200));
+    assert_eq!(
+        r.spec.tags,
+        vec![
+            ("env".to_string(), "prod".to_string()),
+            ("team".to_string(), "payments".to_string())
+        ]
+    );
+    assert!(!r.spec.prefetch);
+    assert_eq!(r.tokens.len(), 1);
+    // Inline tokens are discouraged: a warning, not an error.
+    assert!(
+        c.warnings.iter().any(|w| w.contains("inline tokens")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn defaults_apply() {
+    let c = parse(&role("")).unwrap();
+    assert_eq!(c.sts.timeout, DEFAULT_STS_TIMEOUT);
+    assert_eq!(c.refresh.lead, Lead::Remaining(DEFAULT_LEAD));
+    assert_eq!(c.refresh.min_remaining, DEFAULT_MIN_REMAINING);
+    assert_eq!(c.ecs.listen, vec!["127.0.0.1:8170".parse().unwrap()]);
+    assert_eq!(c.admin.listen, vec!["127.0.0.1:9469".parse().unwrap()]);
+    assert_eq!(c.roles[0].spec.session_name, "sts-broker-node-1");
+    assert_eq!(c.roles[0].spec.duration, DEFAULT_DURATION);
+    assert!(c.roles[0].spec.prefetch);
+}
+
+/// Each case: extra role keys, the key the error must name, a fragment of the message.
+#[test]
+fn role_limits_table() {
+    let long_tag_key = "k".repeat(129);
+    let long_tag_value = "v".repeat(257);
+    let many_tags: String = (0..51).map(|i| format!("t{i} = \"x\", ")).collect();
+    let many_arns: String = (0..11)
+        .map(|i| format!("\"arn:aws:iam::aws:policy/P{i}\","))
+        .collect();
+    let big_policy = format!(
+        "{{\"Version\":\"2012-10-17\",\"Statement\":[],\"Pad\":\"{}\"}}",
+        "x".repeat(2100)
+    );
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "session name too short",
+            "session_name = \"a\"".into(),
+            "session_name",
+            "2..64",
+        ),
+        (
+            "session name bad char",
+            "session_name = \"a b\"".into(),
+            "session_name",
+            "2..64",
+        ),
+        (
+            "session name too long",
+            format!("session_name = \"{}\"", "a".repeat(65)),
+            "session_name",
+            "2..64",
+        ),
+        (
+            "external id too short",
+            "external_id = \"x\"".into(),
+            "external_id",
+            "2..1224",
+        ),
+        (
+            "external id too long",
+            format!("external_id = \"{}\"", "x".repeat(1225)),
+            "external_id",
+            "2..1224",
+        ),
+        (
+            "external id bad char",
+            "external_id = \"a b\"".into(),
+            "external_id",
+            "may contain only",
+        ),
+        (
+            "duration too short",
+            "duration = \"14m\"".into(),
+            "duration",
+            "15m..12h",
+        ),
+        (
+            "duration too long",
+            "duration = \"13h\"".into(),
+            "duration",
+            "15m..12h",
+        ),
+        (
+            "duration not a duration",
+            "duration = \"soon\"".into(),
+            "duration",
+            "not a duration",
+        ),
+        (
+            "too many tags",
+            format!("tags = {{ {} }}", many_tags.trim_end_matches(", ")),
+            "tags",
+            "at most 50",
+        ),
+        (
+            "tag key too long",
+            format!("tags = {{ {long_tag_key} = \"v\" }}"),
+            "tags",
+            "1..128",
+        ),
+        (
+            "tag value too long",
+            format!("tags = {{ k = \"{long_tag_value}\" }}"),
+            "tags",
+            "at most 256",
+        ),
+        (
+            "tag bad char",
+            "tags = { k = \"a;b\" }".into(),
+            "tags",
+            "may contain only",
+        ),
+        (
+            "tag keys differ only in case",
+            "tags = { Team = \"a\", team = \"b\" }".into(),
+            "tags",
+            "case-insensitively",
+        ),
+        (
+            "transitive key not a tag",
+            "tags = { team = \"a\" }\ntransitive_tag_keys = [\"env\"]".into(),
+            "transitive_tag_keys",
+            "not one of this role's tags",
+        ),
+        (
+            "too many policy arns",
+            format!("policy_arns = [{}]", many_arns.trim_end_matches(',')),
+            "policy_arns",
+            "at most 10",
+        ),
+        (
+            "bad policy arn",
+            "policy_arns = [\"arn:aws:iam::aws:role/x\"]".into(),
+            "policy_arns",
+            "managed policy ARN",
+        ),
+        (
+            "policy not JSON",
+            "policy = \"{not json\"".into(),
+            "policy",
+            "not valid JSON",
+        ),
+        (
+            "policy too long",
+            format!("policy = '{big_policy}'"),
+            "policy",
+            "at most 2048",
+        ),
+        (
+            "source identity aws:",
+            "source_identity = \"aws:me\"".into(),
+            "source_identity",
+            "must not start",
+        ),
+        (
+            "source identity short",
+            "source_identity = \"a\"".into(),
+            "source_identity",
+            "2..64",
+        ),
+        (
+            "unknown key",
+            "colour = \"blue\"".into(),
+            "colour",
+            "unknown key",
+        ),
+        (
+            "token file missing",
+            "token_files = [\"/nonexistent/token\"]".into(),
+            "token_files",
+            "cannot read",
+        ),
+    ];
+    for (docs, extra, key, fragment) in cases {
+        let errs = errors(&role(&extra));
+        let hit = errs.iter().any(|e| {
+            (key.is_empty() || e.contains(&format!("key \"{key}\""))) && e.contains(fragment)
+        });
+        assert!(
+            hit,
+            "{docs}: no error naming key {key:?} with {fragment:?} in {errs:#?}"
+        );
+        // Every role error names the role.
+        assert!(
+            errs.iter().all(|e| e.starts_with("test.toml: ")),
+            "{docs}: {errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn bad_arns_are_rejected() {
+    for arn in [
+        "arn:aws:iam::12345678901:role/x",
+        "arn:aws:iam::123456789012:user/x",
+        "arn:aws:s3:::bucket",
+        "arn:aws:iam:us-east-1:123456789012:role/x",
+        "arn:aws:iam::123456789012:role/",
+        "role/x",
+    ] {
+        assert!(check_role_arn(arn).is_err(), "{arn}");
+    }
+    assert_eq!(
+        check_role_arn("arn:aws-cn:iam::123456789012:role/a/b/c").unwrap(),
+        "123456789012"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = r#"
+[sts]
+region = "us-east-1"
+timeout = "never"
+
+[refresh]
+lead = "150%"
+colour = 1
+
+[imds]
+listen = "127.0.0.1:0"
+
+[[role]]
+name = "a"
+arn = "arn:aws:iam::123456789012:role/a"
+session_name = "x"
+tokens = ["tok-0123456789abcdef"]
+
+[[role]]
+name = "a"
+arn = "not-an-arn"
+duration = "1m"
+tokens = ["tok-0123456789abcdef"]
+
+[[role]]
+name = "c"
+kind = "magic"
+arn = "arn:aws:iam::123456789012:role/c"
+"#;
+    let errs = errors(text);
+    let expect = [
+        "test.toml: [sts]: key \"timeout\"",
+        "test.toml: [refresh]: key \"colour\": unknown key",
+        "test.toml: [refresh]: key \"lead\"",
+        "test.toml: key \"imds\": [imds] is not supported",
+        "test.toml: role \"a\": key \"session_name\"",
+        "test.toml: role \"a\": key \"name\": is used by another",
+        "test.toml: role \"a\": key \"arn\"",
+        "test.toml: role \"a\": key \"duration\"",
+        "test.toml: role \"c\": key \"kind\"",
+    ];
+    for want in expect {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn lead_must_leave_room_for_min_remaining() {
+    let errs = errors(&format!(
+        "{BASE}\n[refresh]\nlead = \"10m\"\nmin_remaining = \"15m\"\n[[role]]\nname = \"a\"\narn = \"arn:aws:iam::123456789012:role/a\"\n"
+    ));
+    assert!(
+        errs.iter().any(|e| e.contains("key \"min_remaining\"")),
+        "{errs:#?}"
+    );
+
+    let errs = errors(&role("duration = \"30m\""));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("key \"duration\"") && e.contains("lead")),
+        "lead 40m is not below a 30m duration: {errs:#?}"
+    );
+    // A percentage lead fits short sessions.
+    let text = format!(
+        "{BASE}\n[refresh]\nlead = \"50%\"\nmin_remaining = \"5m\"\n[[role]]\nname = \"a\"\narn = \"arn:aws:iam::123456789012:role/a\"\nduration = \"15m\"\ntokens = [\"tok-0123456789abcdef\"]\n"
+    );
+    parse(&text).expect("50% of 15m leaves 7.5m > 5m");
+}
+
+#[test]
+fn token_files_are_read_trimmed_and_loose_modes_warned() {
+    let dir = tempfile::tempdir().unwrap();
+    let tight = dir.path().join("tight");
+    let loose = dir.path().join("loose");
+    std::fs::write(&tight, "secret-token-one\n").unwrap();
+    std::fs::write(&loose, "secret-token-two").unwrap();
+    std::fs::set_permissions(&tight, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = format!(
+        "{BASE}\n[[role]]\nname = \"a\"\narn = \"arn:aws:iam::123456789012:role/a\"\ntoken_files = [{:?}, {:?}]\n",
+        tight.display().to_string(),
+        loose.display().to_string()
+    );
+    let c = parse(&text).unwrap();
+    let tokens: Vec<&str> = c.roles[0].tokens.iter().map(Secret::expose).collect();
+    assert_eq!(tokens, ["secret-token-one", "secret-token-two"]);
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("mode 0644"), "{:?}", c.warnings);
+    assert!(!c.warnings[0].contains("secret-token"), "{:?}", c.warnings);
+}
+
+#[test]
+fn errors_and_debug_never_show_secrets() {
+    let text = role("external_id = \"SECRET-MARKER-ext\"\nsession_name = \"x\"");
+    let errs = errors(&text.replace("tok-0123456789abcdef", "SECRET-MARKER tok"));
+    let joined = errs.join("\n");
+    assert!(!joined.contains("SECRET-MARKER"), "{joined}");
+
+    let c = parse(&role("external_id = \"SECRET-MARKER-ext\"")).unwrap();
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("SECRET-MARKER"), "{dbg}");
+    assert!(!dbg.contains("tok-0123456789abcdef"), "{dbg}");
+}
+
+#[test]
+fn session_name_template_fits_sts_limits() {
+    let long = "a".repeat(80);
+    let name = expand_session_name("app-{hostname}", &long);
+    assert_eq!(name.len(), 64);
+    assert!(check_session_name(&name).is_ok());
+    assert_eq!(
+        expand_session_name("x-{hostname}", "pod_1.ns"),
+        "x-pod_1.ns"
+    );
+    assert_eq!(expand_session_name("x-{hostname}", "héllo"), "x-h-llo");
+    assert_eq!(expand_session_name("fixed", "h"), "fixed");
+}
+
+#[test]
+fn source_kinds() {
+    let c = parse(&format!(
+        "{}\n[source]\nkind = \"web_identity\"\ntoken_file = \"/var/run/token\"\nrole_arn = \"arn:aws:iam::123456789012:role/broker\"\n",
+        role("")
+    ))
+    .unwrap();
+    assert!(matches!(c.source, SourceConfig::WebIdentity { .. }));
+    let errs = errors(&format!("{}\n[source]\nkind = \"profile\"\n", role("")));
+    assert!(
+        errs.iter().any(|e| e.contains("[source]: key \"name\"")),
+        "{errs:#?}"
+    );
+    let errs = errors(&format!(
+        "{}\n[source]\nkind = \"default\"\nname = \"x\"\n",
+        role("")
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("only used with kind = \"profile\"")),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn listeners_and_no_roles() {
+    let errs = errors(&format!("{}\n[ecs]\nlisten = \"localhost:80\"\n", role("")));
+    assert!(
+        errs.iter().any(|e| e.contains("[ecs]: key \"listen\"")),
+        "{errs:#?}"
+    );
+    let errs = errors(BASE);
+    assert!(errs.iter().any(|e| e.contains("no [[role]]")), "{errs:#?}");
+    let errs = errors(&format!(
+        "{BASE}\n[[role]]\nname = \"a\"\narn = \"arn:aws:iam::123456789012:role/a\"\ntokens = [\"\", \"has space\"]\n"
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("token #1: the token is empty")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("token #2") && !e.contains("has space")),
+        "{errs:#?}"
+    );
+    let errs = errors("not = [valid");
+    assert!(errs[0].contains("not valid TOML"), "{errs:#?}");
+}

@@ -110,10 +110,7 @@ async fn readyz(ctx: &AdminContext, snap: &Snapshot) -> Response<Body> {
         http::error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "NotReady",
-            &format!(
-                "no servable credentials yet for: {}",
-                waiting.join(", ")
-            ),
+            &format!("no servable credentials yet for: {}", waiting.join(", ")),
         )
     }
 }

@@ -42,7 +42,11 @@ pub struct EcsContext {
 }
 
 /// Answers one request.
-pub async fn handle(ctx: Arc<EcsContext>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(
+    ctx: Arc<EcsContext>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let started = Instant::now();
     let snap = ctx.state.load_full();
     let (resp, role) = answer(&ctx, &snap, &req).await;
