@@ -1,0 +1,159 @@
+//! Real SDKs read credentials from the broker's ECS endpoint, with moto as STS, and prove it
+//! by calling `GetCallerIdentity` on moto with them: the answer is the assumed-role ARN.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::helpers::*;
+
+/// A broker in front of moto, serving role `app` (token in env and in a file).
+struct Setup {
+    moto: Moto,
+    dir: ConfigDir,
+    broker: TestBroker,
+    token_file: std::path::PathBuf,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        let moto = Moto::start().await;
+        let dir = ConfigDir::new();
+        let token_file = dir.token_file("app.token", TOKEN);
+        let config = config_head(&moto.url)
+            + &role(
+                "app",
+                "session_name = \"sdk-test\"\ntags = { team = \"payments\" }",
+            );
+        let broker = TestBroker::start(&dir, &config).await;
+        broker.wait_ready(Duration::from_secs(20)).await;
+        Setup {
+            moto,
+            dir,
+            broker,
+            token_file,
+        }
+    }
+
+    fn full_uri(&self) -> String {
+        format!("http://{}/v1/credentials/app", self.broker.ecs)
+    }
+
+    /// A client command with the ECS variables set; the token by file or by value.
+    fn client(&self, program: &Path, by_file: bool) -> Command {
+        let mut cmd = clean_client(program, self.dir.path());
+        cmd.env("AWS_CONTAINER_CREDENTIALS_FULL_URI", self.full_uri());
+        if by_file {
+            cmd.env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &self.token_file);
+        } else {
+            cmd.env("AWS_CONTAINER_AUTHORIZATION_TOKEN", TOKEN);
+        }
+        cmd
+    }
+}
+
+const EXPECTED_ARN: &str = "arn:aws:sts::123456789012:assumed-role/app/sdk-test";
+
+#[track_caller]
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run client");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "client failed: {}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    stdout
+}
+
+// Multi-threaded runtimes: the clients run as blocking child processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_reads_credentials_with_token_env_and_token_file() {
+    let s = Setup::start().await;
+    let script = "import boto3, sys\n\
+                  s = boto3.session.Session()\n\
+                  c = s.get_credentials()\n\
+                  print(c.method)\n\
+                  print(s.client('sts', endpoint_url=sys.argv[1]).get_caller_identity()['Arn'])\n";
+    for by_file in [false, true] {
+        let out = run_ok(
+            s.client(&venv_bin("python"), by_file)
+                .args(["-c", script, &s.moto.url]),
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0], "container-role",
+            "boto3 used the container provider: {out}"
+        );
+        assert_eq!(lines[1], EXPECTED_ARN, "token by file: {by_file}");
+    }
+    assert!(
+        s.broker
+            .metric("sts_broker_requests_total{endpoint=\"ecs\",role=\"app\",status=\"200\"}")
+            .await
+            .unwrap()
+            >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_cli_get_caller_identity_through_the_broker() {
+    let s = Setup::start().await;
+    for by_file in [false, true] {
+        let out = run_ok(s.client(&venv_bin("aws"), by_file).args([
+            "sts",
+            "get-caller-identity",
+            "--endpoint-url",
+            &s.moto.url,
+            "--output",
+            "json",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["Arn"], EXPECTED_ARN, "token by file: {by_file}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_aws_config_ecs_provider_reads_credentials() {
+    let s = Setup::start().await;
+    // aws-config reads the process environment, which a test must not modify: run this test
+    // binary again as a child with the variables set (see `rust_ecs_client_child`).
+    let mut cmd = s.client(&std::env::current_exe().unwrap(), true);
+    cmd.env("STS_BROKER_RUST_CHILD_MOTO", &s.moto.url).args([
+        "clients::rust_ecs_client_child",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    let out = run_ok(&mut cmd);
+    assert!(out.contains(&format!("ARN={EXPECTED_ARN}")), "{out}");
+}
+
+/// Runs only as the child of `rust_aws_config_ecs_provider_reads_credentials`.
+#[tokio::test]
+async fn rust_ecs_client_child() {
+    use aws_credential_types::provider::ProvideCredentials;
+    let Some(moto) = std::env::var_os("STS_BROKER_RUST_CHILD_MOTO") else {
+        return; // not the child: nothing to do
+    };
+    let provider = aws_config::ecs::EcsCredentialsProvider::builder().build();
+    let creds = provider
+        .provide_credentials()
+        .await
+        .expect("ECS provider credentials");
+    assert!(creds.access_key_id().starts_with("ASIA") || !creds.access_key_id().is_empty());
+    assert!(creds.expiry().is_some(), "the broker sends Expiration");
+    let conf = aws_sdk_sts::config::Builder::new()
+        .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+        .region(aws_sdk_sts::config::Region::new("us-east-1"))
+        .endpoint_url(moto.to_str().unwrap())
+        .credentials_provider(provider)
+        .build();
+    let who = aws_sdk_sts::Client::from_conf(conf)
+        .get_caller_identity()
+        .send()
+        .await
+        .expect("GetCallerIdentity with broker credentials");
+    println!("ARN={}", who.arn().unwrap_or_default());
+}

@@ -1,0 +1,14 @@
+//! Integration tests: the real `sts-broker` binary against the fault-injecting fake STS and
+//! moto, read by real clients (boto3, the AWS CLI, aws-config's ECS provider).
+//!
+//! Tests that need moto, boto3 or the AWS CLI find them in the venv that
+//! `scripts/setup-test-deps.sh` creates (`STS_BROKER_TEST_VENV`, default `./.venv`).
+//! Set `TEST_LOG=1` to see the brokers' logs.
+
+mod clients;
+mod ecs;
+mod fake_sts;
+mod helpers;
+mod lifecycle;
+mod refresh;
+mod secrets;
