@@ -220,11 +220,11 @@ where
             let e = ctx.err();
             let code = e.code().map(str::to_string);
             let message = e.message().unwrap_or("no message").to_string();
-            let status = Some(ctx.raw().status().as_u16());
-            let class = classify_code(code.as_deref(), status);
+            let status = ctx.raw().status().as_u16();
+            let class = classify_code(code.as_deref(), Some(status));
             let text = match &code {
                 Some(c) => format!("STS error {c}: {message}"),
-                None => format!("STS answered HTTP {}: {message}", status.unwrap_or(0)),
+                None => format!("STS answered HTTP {status}: {message}"),
             };
             FetchError::new(class, code, text)
         }

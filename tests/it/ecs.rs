@@ -110,7 +110,15 @@ async fn status_codes_and_error_bodies() {
     humantime::parse_rfc3339(exp).unwrap();
 
     // (docs, method, path, headers, status, Code)
-    let cases: Vec<(&str, &str, &str, Vec<(&str, &str)>, u16, &str)> = vec![
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "no token",
             "GET",
