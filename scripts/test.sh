@@ -31,7 +31,7 @@ cargo fmt --all -- --check
 section "cargo clippy --all-targets --locked -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
-section "cargo test --locked $*"
+section "cargo test --locked${*:+ $*}"
 cargo test --locked "$@"
 
 section "done"

@@ -37,6 +37,10 @@ pub struct RoleKey {
 pub struct Served {
     /// The ECS response body. Backed by zeroizing memory: wiped when the last clone drops.
     pub ecs_body: Bytes,
+    /// The IMDS `security-credentials/{name}` body (same zeroizing backing).
+    pub imds_body: Bytes,
+    /// The IMDS `security-credentials-extended/{name}` body: the above plus `AccountId`.
+    pub imds_extended_body: Bytes,
     /// Safe to log and to show; joins our logs to CloudTrail.
     pub access_key_id: String,
     pub expiration: SystemTime,
@@ -49,7 +53,7 @@ pub struct Served {
 impl fmt::Debug for Served {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Served")
-            .field("ecs_body", &crate::creds::REDACTED)
+            .field("bodies", &crate::creds::REDACTED)
             .field("access_key_id", &self.access_key_id)
             .field(
                 "expiration",
@@ -77,8 +81,24 @@ impl Served {
             role_arn: &'a str,
             account_id: &'a str,
         }
+        /// The field order of real IMDS; `AccountId` only on the extended path.
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct ImdsBody<'a> {
+            code: &'a str,
+            last_updated: &'a str,
+            #[serde(rename = "Type")]
+            kind: &'a str,
+            access_key_id: &'a str,
+            secret_access_key: &'a str,
+            token: &'a str,
+            expiration: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            account_id: Option<&'a str>,
+        }
         let expiration = rfc3339(creds.expiration);
-        let body = EcsBody {
+        let last_updated = rfc3339(now);
+        let ecs = EcsBody {
             access_key_id: &creds.access_key_id,
             secret_access_key: creds.secret_access_key.expose(),
             token: creds.session_token.expose(),
@@ -86,10 +106,22 @@ impl Served {
             role_arn: &role.spec.arn,
             account_id: &role.spec.account_id,
         };
-        let mut buf = Zeroizing::new(Vec::with_capacity(2048));
-        serde_json::to_writer(&mut *buf, &body).expect("serializing plain strings cannot fail");
+        let mut imds = ImdsBody {
+            code: "Success",
+            last_updated: &last_updated,
+            kind: "AWS-HMAC",
+            access_key_id: &creds.access_key_id,
+            secret_access_key: creds.secret_access_key.expose(),
+            token: creds.session_token.expose(),
+            expiration: &expiration,
+            account_id: None,
+        };
+        let imds_body = zeroizing_json(&imds);
+        imds.account_id = Some(&role.spec.account_id);
         Served {
-            ecs_body: Bytes::from_owner(ZeroizingBytes(buf)),
+            ecs_body: zeroizing_json(&ecs),
+            imds_body,
+            imds_extended_body: zeroizing_json(&imds),
             access_key_id: creds.access_key_id.clone(),
             expiration: creds.expiration,
             issued: now,
@@ -114,6 +146,13 @@ impl Served {
 /// `YYYY-MM-DDTHH:MM:SSZ`, the only timestamp shape every SDK parses.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Serializes into memory that is wiped when the last `Bytes` clone drops.
+fn zeroizing_json(value: &impl serde::Serialize) -> Bytes {
+    let mut buf = Zeroizing::new(Vec::with_capacity(2048));
+    serde_json::to_writer(&mut *buf, value).expect("serializing plain strings cannot fail");
+    Bytes::from_owner(ZeroizingBytes(buf))
 }
 
 /// Owner for `Bytes::from_owner` that wipes the buffer when the last `Bytes` clone drops.

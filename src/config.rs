@@ -33,6 +33,13 @@ const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(120);
 const DEFAULT_DURATION: Duration = Duration::from_secs(3600);
 const DEFAULT_ECS_LISTEN: &str = "127.0.0.1:8170";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9469";
+const DEFAULT_IMDS_LISTEN: &str = "127.0.0.1:8169";
+const DEFAULT_IMDS_MAX_TOKEN_TTL: Duration = Duration::from_secs(6 * 3600);
+/// botocore's IMDS path stretches the expiry of credentials with less than ~25 min left.
+const DEFAULT_IMDS_MIN_REMAINING: Duration = Duration::from_secs(30 * 60);
+const DEFAULT_HOP_LIMIT: u32 = 64;
+/// IMDS accepts token TTLs of 1 s to 6 h.
+const MAX_IMDS_TOKEN_TTL: Duration = Duration::from_secs(21_600);
 /// Used when a role sets no `session_name`.
 const DEFAULT_SESSION_NAME: &str = "sts-broker-{hostname}";
 
@@ -55,6 +62,8 @@ pub struct Config {
     pub refresh: RefreshConfig,
     pub ecs: ListenerConfig,
     pub admin: ListenerConfig,
+    /// The IMDSv2-compatible listener; `None` when there is no `[imds]` table.
+    pub imds: Option<ImdsConfig>,
     pub roles: Vec<Arc<RoleConfig>>,
     /// Problems that do not stop the broker (loose token file modes, roles nobody can fetch).
     pub warnings: Vec<String>,
@@ -137,6 +146,24 @@ pub struct ListenerConfig {
     pub listen: Vec<SocketAddr>,
     /// Host names accepted besides IP literals and `localhost` (DNS-rebinding defence).
     pub allowed_hosts: Vec<String>,
+}
+
+/// `[imds]`: an IMDSv2-compatible listener exposing one role as the "instance profile".
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImdsConfig {
+    pub listener: ListenerConfig,
+    /// The configured role name this "instance" exposes.
+    pub role: String,
+    /// Serve GETs without a session token (IMDSv1). Off: v1 requests get 401.
+    pub allow_v1: bool,
+    /// Upper bound on the TTL granted to `PUT /latest/api/token`.
+    pub max_token_ttl: Duration,
+    /// Stricter floor than `[refresh].min_remaining`: botocore's IMDS path extends the expiry
+    /// of credentials with less than about 25 minutes left past their real end.
+    pub min_remaining: Duration,
+    /// IP TTL / hop limit of the listener's packets; 1 gives EC2 parity (a container behind
+    /// a NAT bridge, one hop further, cannot reach it).
+    pub hop_limit: u32,
 }
 
 /// One `[[role]]`.
@@ -285,6 +312,19 @@ struct RawListener {
     allowed_hosts: Vec<String>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawImds {
+    listen: Option<OneOrMany>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    role: Option<String>,
+    allow_v1: Option<bool>,
+    max_token_ttl: Option<String>,
+    min_remaining: Option<String>,
+    hop_limit: Option<u32>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRole {
@@ -316,7 +356,7 @@ fn default_true() -> bool {
     true
 }
 
-const TOP_LEVEL_TABLES: &[&str] = &["sts", "source", "refresh", "ecs", "admin", "role"];
+const TOP_LEVEL_TABLES: &[&str] = &["sts", "source", "refresh", "ecs", "admin", "imds", "role"];
 const STS_KEYS: &[&str] = &["region", "endpoint", "timeout", "max_calls_per_second"];
 const SOURCE_KEYS: &[&str] = &["kind", "name", "token_file", "role_arn", "session_name"];
 const REFRESH_KEYS: &[&str] = &[
@@ -327,6 +367,15 @@ const REFRESH_KEYS: &[&str] = &[
     "backoff_max",
 ];
 const LISTENER_KEYS: &[&str] = &["listen", "allowed_hosts"];
+const IMDS_KEYS: &[&str] = &[
+    "listen",
+    "allowed_hosts",
+    "role",
+    "allow_v1",
+    "max_token_ttl",
+    "min_remaining",
+    "hop_limit",
+];
 const ROLE_KEYS: &[&str] = &[
     "name",
     "kind",
@@ -424,7 +473,7 @@ impl Config {
         for key in table.keys() {
             if !TOP_LEVEL_TABLES.contains(&key.as_str()) {
                 let why = match key.as_str() {
-                    "imds" | "audit" => format!(
+                    "audit" => format!(
                         "[{key}] is not supported by this version of sts-broker ({})",
                         env!("CARGO_PKG_VERSION")
                     ),
@@ -448,6 +497,22 @@ impl Config {
         let admin = section::<RawListener>(&mut p, &table, "admin", LISTENER_KEYS)
             .map(|raw| build_listener(&mut p, "admin", raw, DEFAULT_ADMIN_LISTEN));
         let roles = build_roles(&mut p, table.get("role"), refresh.as_ref(), ctx);
+        let imds = match table.get("imds") {
+            None => None,
+            Some(v) => deserialize_known::<RawImds>(&mut p, Scope::Table("imds"), v, IMDS_KEYS)
+                .and_then(|raw| build_imds(&mut p, raw, &roles, refresh.as_ref())),
+        };
+        // IMDS serves its role without ECS tokens; any other role without tokens is unreachable.
+        for r in &roles {
+            let is_imds_role = imds.as_ref().is_some_and(|i| i.role == r.name);
+            if r.tokens.is_empty() && !is_imds_role {
+                p.warn(
+                    &Scope::Role(r.name.clone()),
+                    "token_files",
+                    "no tokens configured: no ECS client can fetch this role",
+                );
+            }
+        }
 
         match (sts, source, refresh, ecs, admin) {
             (Some(sts), Some(source), Some(refresh), Some(ecs), Some(admin))
@@ -460,6 +525,7 @@ impl Config {
                     refresh,
                     ecs,
                     admin,
+                    imds,
                     roles,
                     warnings: p.warnings,
                 })
@@ -784,6 +850,93 @@ fn build_listener(
     }
 }
 
+fn build_imds(
+    p: &mut Problems,
+    raw: RawImds,
+    roles: &[Arc<RoleConfig>],
+    refresh: Option<&RefreshConfig>,
+) -> Option<ImdsConfig> {
+    let scope = Scope::Table("imds");
+    let listener = build_listener(
+        p,
+        "imds",
+        RawListener {
+            listen: raw.listen,
+            allowed_hosts: raw.allowed_hosts,
+        },
+        DEFAULT_IMDS_LISTEN,
+    );
+    let max_token_ttl = p
+        .duration(&scope, "max_token_ttl", raw.max_token_ttl.as_deref())
+        .unwrap_or(DEFAULT_IMDS_MAX_TOKEN_TTL);
+    if max_token_ttl < Duration::from_secs(1) || max_token_ttl > MAX_IMDS_TOKEN_TTL {
+        p.error(
+            scope.clone(),
+            Some("max_token_ttl"),
+            format!(
+                "{} is outside what IMDS grants (1s..6h)",
+                humantime::format_duration(max_token_ttl)
+            ),
+        );
+    }
+    let min_remaining = p
+        .duration(&scope, "min_remaining", raw.min_remaining.as_deref())
+        .unwrap_or(DEFAULT_IMDS_MIN_REMAINING);
+    let hop_limit = raw.hop_limit.unwrap_or(DEFAULT_HOP_LIMIT);
+    if !(1..=255).contains(&hop_limit) {
+        p.error(
+            scope.clone(),
+            Some("hop_limit"),
+            format!("{hop_limit} must be between 1 and 255"),
+        );
+    }
+    let role = match raw.role {
+        None => {
+            p.error(
+                scope.clone(),
+                Some("role"),
+                "required: the [[role]] name this instance exposes",
+            );
+            String::new()
+        }
+        Some(name) => {
+            match roles.iter().find(|r| r.name == name) {
+                None if !roles.is_empty() => p.error(
+                    scope.clone(),
+                    Some("role"),
+                    format!("{name:?} is not the name of a [[role]]"),
+                ),
+                Some(r) => {
+                    if let Some(refresh) = refresh {
+                        let lead = refresh.lead.for_lifetime(r.spec.duration);
+                        if min_remaining >= lead {
+                            p.error(
+                                scope.clone(),
+                                Some("min_remaining"),
+                                format!(
+                                    "{} must be less than the refresh lead for role {name:?} ({}), or IMDS stops serving before the refresh",
+                                    humantime::format_duration(min_remaining),
+                                    humantime::format_duration(lead)
+                                ),
+                            );
+                        }
+                    }
+                }
+                None => {}
+            }
+            name
+        }
+    };
+    Some(ImdsConfig {
+        listener,
+        role,
+        allow_v1: raw.allow_v1.unwrap_or(false),
+        max_token_ttl,
+        min_remaining,
+        hop_limit,
+    })
+}
+
 fn build_roles(
     p: &mut Problems,
     raw: Option<&toml::Value>,
@@ -1002,13 +1155,6 @@ fn build_role(
     }
 
     let tokens = load_tokens(p, &scope, &raw.token_files, raw.tokens);
-    if tokens.is_empty() {
-        p.warn(
-            &scope,
-            "token_files",
-            "no tokens configured: no ECS client can fetch this role",
-        );
-    }
 
     if p.errors.len() > errors_before {
         return None;

@@ -45,7 +45,7 @@ use crate::cache::{CredentialCache, RoleKey, RoleSlot};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::refresh::{RateLimiter, Upstream};
-use crate::server::{admin, ecs, http};
+use crate::server::{admin, ecs, http, imds};
 use crate::state::{Snapshot, TokenIndex};
 
 /// How long open connections get to finish after shutdown starts.
@@ -95,6 +95,7 @@ pub struct Broker {
     generation: AtomicU64,
     ecs_addrs: Vec<SocketAddr>,
     admin_addrs: Vec<SocketAddr>,
+    imds_addrs: Vec<SocketAddr>,
 }
 
 impl Broker {
@@ -107,6 +108,23 @@ impl Broker {
         let metrics = Arc::new(Metrics::new());
         let ecs_listeners = bind_all("ecs", &config.ecs.listen).await?;
         let admin_listeners = bind_all("admin", &config.admin.listen).await?;
+        let imds_listeners = match &config.imds {
+            Some(i) => bind_all("imds", &i.listener.listen).await?,
+            None => Vec::new(),
+        };
+        let hop_limit = config.imds.as_ref().map(|i| i.hop_limit);
+        for l in &imds_listeners {
+            let v6 = l.local_addr().is_ok_and(|a| a.is_ipv6());
+            if let Some(hops) = hop_limit
+                && let Err(source) = http::set_hop_limit(socket2::SockRef::from(l), v6, hops)
+            {
+                return Err(StartError::Bind {
+                    endpoint: "imds",
+                    addr: l.local_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into()),
+                    source,
+                });
+            }
+        }
 
         let sts = source::build_sts(&config).await.map_err(StartError::Sts)?;
         let upstream = Arc::new(ArcSwap::from_pointee(Upstream {
@@ -142,6 +160,7 @@ impl Broker {
             generation: AtomicU64::new(0),
             ecs_addrs: local_addrs(&ecs_listeners),
             admin_addrs: local_addrs(&admin_listeners),
+            imds_addrs: local_addrs(&imds_listeners),
         };
         broker.apply_roles(&current, &HashMap::new()).await;
 
@@ -152,8 +171,20 @@ impl Broker {
         });
         for l in ecs_listeners {
             let ctx = Arc::clone(&ecs_ctx);
-            broker.spawn_listener(l, "ecs", move |req, peer| {
+            broker.spawn_listener(l, "ecs", None, move |req, peer| {
                 ecs::handle(Arc::clone(&ctx), req, peer)
+            });
+        }
+        let imds_ctx = Arc::new(imds::ImdsContext {
+            state: Arc::clone(&broker.state),
+            cache: Arc::clone(&broker.cache),
+            metrics: Arc::clone(&broker.metrics),
+            signer: imds::TokenSigner::generate(),
+        });
+        for l in imds_listeners {
+            let ctx = Arc::clone(&imds_ctx);
+            broker.spawn_listener(l, "imds", hop_limit, move |req, peer| {
+                imds::handle(Arc::clone(&ctx), req, peer)
             });
         }
         let admin_ctx = Arc::new(admin::AdminContext {
@@ -163,15 +194,20 @@ impl Broker {
         });
         for l in admin_listeners {
             let ctx = Arc::clone(&admin_ctx);
-            broker.spawn_listener(l, "admin", move |req, peer| {
+            broker.spawn_listener(l, "admin", None, move |req, peer| {
                 admin::handle(Arc::clone(&ctx), req, peer)
             });
         }
         Ok(broker)
     }
 
-    fn spawn_listener<H, F>(&self, listener: TcpListener, endpoint: &'static str, handler: H)
-    where
+    fn spawn_listener<H, F>(
+        &self,
+        listener: TcpListener,
+        endpoint: &'static str,
+        hop_limit: Option<u32>,
+        handler: H,
+    ) where
         H: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> F
             + Clone
             + Send
@@ -188,6 +224,7 @@ impl Broker {
             handler,
             self.listeners_stop.clone(),
             SHUTDOWN_GRACE,
+            hop_limit,
         ));
     }
 
@@ -199,6 +236,11 @@ impl Broker {
     /// Addresses the admin listeners are bound to (port 0 resolved).
     pub fn admin_addrs(&self) -> &[SocketAddr] {
         &self.admin_addrs
+    }
+
+    /// Addresses the IMDS listeners are bound to (empty without `[imds]`).
+    pub fn imds_addrs(&self) -> &[SocketAddr] {
+        &self.imds_addrs
     }
 
     /// The metrics registry (tests and embedding programs).
@@ -274,6 +316,16 @@ impl Broker {
         }
         if new.admin.listen != current.admin.listen {
             return Err(ReloadError::Rejected("[admin].listen"));
+        }
+        let imds_listen = |c: &Config| {
+            c.imds
+                .as_ref()
+                .map(|i| (i.listener.listen.clone(), i.hop_limit))
+        };
+        if imds_listen(&new) != imds_listen(&current) {
+            return Err(ReloadError::Rejected(
+                "[imds].listen / hop_limit (or adding/removing [imds])",
+            ));
         }
         if new.sts != current.sts || new.source != current.source {
             let sts = source::build_sts(&new).await.map_err(ReloadError::Sts)?;

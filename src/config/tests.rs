@@ -310,8 +310,8 @@ timeout = "never"
 lead = "150%"
 colour = 1
 
-[imds]
-listen = "127.0.0.1:0"
+[audit]
+path = "/tmp/x"
 
 [[role]]
 name = "a"
@@ -335,7 +335,7 @@ arn = "arn:aws:iam::123456789012:role/c"
         "test.toml: [sts]: key \"timeout\"",
         "test.toml: [refresh]: key \"colour\": unknown key",
         "test.toml: [refresh]: key \"lead\"",
-        "test.toml: key \"imds\": [imds] is not supported",
+        "test.toml: key \"audit\": [audit] is not supported",
         "test.toml: role \"a\": key \"session_name\"",
         "test.toml: role \"a\": key \"name\": is used by another",
         "test.toml: role \"a\": key \"arn\"",

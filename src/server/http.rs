@@ -36,14 +36,27 @@ pub const MAX_CONNECTIONS: usize = 4096;
 /// The body type of every response.
 pub type Body = Full<Bytes>;
 
+/// Sets the IP TTL (IPv4) or unicast hop limit (IPv6) of a socket's packets.
+///
+/// # Errors
+/// When the kernel refuses the option.
+pub fn set_hop_limit(socket: socket2::SockRef<'_>, v6: bool, hops: u32) -> std::io::Result<()> {
+    if v6 {
+        socket.set_unicast_hops_v6(hops)
+    } else {
+        socket.set_ttl_v4(hops)
+    }
+}
+
 /// Serves `listener` with `handler` until `cancel` fires, then drains open connections for
-/// at most `grace`.
+/// at most `grace`. `hop_limit` sets the IP TTL of every accepted connection.
 pub async fn serve<H, F>(
     listener: TcpListener,
     endpoint: &'static str,
     handler: H,
     cancel: CancellationToken,
     grace: Duration,
+    hop_limit: Option<u32>,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
@@ -74,6 +87,11 @@ pub async fn serve<H, F>(
             () = cancel.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        if let Some(hops) = hop_limit
+            && let Err(e) = set_hop_limit(socket2::SockRef::from(&stream), peer.is_ipv6(), hops)
+        {
+            tracing::warn!(endpoint, error = %e, "cannot set the hop limit");
+        }
         let handler = handler.clone();
         let service = hyper::service::service_fn(move |req| {
             let fut = handler(req, peer);

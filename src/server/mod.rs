@@ -4,3 +4,4 @@
 pub mod admin;
 pub mod ecs;
 pub mod http;
+pub mod imds;

@@ -145,6 +145,8 @@ pub struct TestBroker {
     pub config_path: PathBuf,
     pub ecs: SocketAddr,
     pub admin: SocketAddr,
+    /// Set when the config has an `[imds]` table.
+    pub imds: Option<SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -196,14 +198,17 @@ impl TestBroker {
             config_path,
             ecs: "0.0.0.0:0".parse().unwrap(),
             admin: "0.0.0.0:0".parse().unwrap(),
+            imds: None,
             logs,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let (ecs, admin) = broker.listen_addrs();
+            let (ecs, admin, imds) = broker.listen_addrs();
             if let (Some(e), Some(a)) = (ecs, admin) {
+                // The admin listener is announced last: every other address is known by now.
                 broker.ecs = e;
                 broker.admin = a;
+                broker.imds = imds;
                 return broker;
             }
             if let Ok(Some(status)) = broker.child.try_wait() {
@@ -221,9 +226,10 @@ impl TestBroker {
         }
     }
 
-    fn listen_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    fn listen_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>) {
         let mut ecs = None;
         let mut admin = None;
+        let mut imds = None;
         for line in self.logs.lock().unwrap().iter() {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
                 continue;
@@ -235,10 +241,11 @@ impl TestBroker {
             match v["endpoint"].as_str() {
                 Some("ecs") => ecs = ecs.or(addr),
                 Some("admin") => admin = admin.or(addr),
+                Some("imds") => imds = imds.or(addr),
                 _ => {}
             }
         }
-        (ecs, admin)
+        (ecs, admin, imds)
     }
 
     /// Everything logged so far.
@@ -254,6 +261,16 @@ impl TestBroker {
             .iter()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// Resident set size of the broker process, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
     }
 
     pub fn pid(&self) -> i32 {
@@ -296,6 +313,29 @@ impl TestBroker {
             &headers,
         )
         .await
+    }
+
+    /// An IMDS request (the broker must have an `[imds]` table).
+    pub async fn imds_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> HttpResponse {
+        request(self.imds.expect("[imds] configured"), method, path, headers).await
+    }
+
+    /// `PUT /latest/api/token` with a TTL of `ttl` seconds; the token.
+    pub async fn imds_token(&self, ttl: &str) -> String {
+        let r = self
+            .imds_request(
+                "PUT",
+                "/latest/api/token",
+                &[("X-aws-ec2-metadata-token-ttl-seconds", ttl)],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
     }
 
     pub async fn admin_get(&self, path: &str) -> HttpResponse {

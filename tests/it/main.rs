@@ -9,6 +9,7 @@ mod clients;
 mod ecs;
 mod fake_sts;
 mod helpers;
+mod imds;
 mod lifecycle;
 mod refresh;
 mod secrets;

@@ -1,0 +1,331 @@
+//! The IMDSv2-compatible endpoint: what an SDK looking for EC2 instance credentials asks.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `PUT /latest/api/token` + `X-aws-ec2-metadata-token-ttl-seconds: 1..21600` | a session token (`text/plain`), TTL capped by `max_token_ttl` and echoed in the same header; missing, non-numeric or out-of-range TTL → 400 |
+//! | `GET /latest/meta-data/iam/security-credentials/` | the role's configured name, one line, no newline |
+//! | `GET /latest/meta-data/iam/security-credentials/{name}` | `Code`, `LastUpdated`, `Type`, `AccessKeyId`, `SecretAccessKey`, `Token`, `Expiration` |
+//! | `GET /latest/meta-data/iam/security-credentials-extended/{name}` | the same plus `AccountId` (Ruby, Java v2, PHP try it first) |
+//! | `GET /latest/meta-data/iam/info` | `Code`, `LastUpdated`, `InstanceProfileArn`, `InstanceProfileId` |
+//!
+//! Paths work with and without a trailing slash. Any request carrying `X-Forwarded-For` → 403
+//! (a proxy is relaying it: IMDS must not be reachable that way). A `GET` without a valid,
+//! unexpired `X-aws-ec2-metadata-token` → 401 unless `allow_v1`; with a valid token every
+//! other path is 404 (never 401/403, so SDK probes such as the region fall through fast), as
+//! is an unknown role name. Nothing servable (STS failing, credentials below the IMDS
+//! `min_remaining`) → 503. Other methods → 405.
+//!
+//! Tokens are stateless: `hex(expiry_seconds ‖ HMAC-SHA256(key, expiry_seconds)[..16])` with a
+//! key drawn at start-up. A flood of `PUT`s costs CPU, never memory; a restart invalidates
+//! tokens, and SDKs answer the 401 by fetching a new one.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use hmac::{KeyInit, Mac};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use subtle::ConstantTimeEq;
+
+use crate::cache::{CredentialCache, Served, rfc3339};
+use crate::config::ImdsConfig;
+use crate::metrics::Metrics;
+use crate::server::http::{self, Body};
+use crate::state::Snapshot;
+
+const ENDPOINT: &str = "imds";
+/// The request header carrying the requested token TTL, and the response header granting it.
+pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+/// The request header carrying the session token.
+pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+const TOKEN_PATH: &str = "/latest/api/token";
+const CREDS_PREFIX: &str = "/latest/meta-data/iam/security-credentials";
+const EXTENDED_PREFIX: &str = "/latest/meta-data/iam/security-credentials-extended";
+const INFO_PATH: &str = "/latest/meta-data/iam/info";
+/// The TTL range IMDS accepts.
+const MAX_TTL_SECONDS: u64 = 21_600;
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// Issues and verifies stateless session tokens.
+pub struct TokenSigner {
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSigner { key: ** redacted ** }")
+    }
+}
+
+impl Drop for TokenSigner {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
+impl TokenSigner {
+    /// A signer with a fresh random key (tokens do not survive a restart).
+    pub fn generate() -> TokenSigner {
+        TokenSigner {
+            key: rand::random(),
+        }
+    }
+
+    fn mac(&self, expiry: u64) -> [u8; 16] {
+        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(&expiry.to_be_bytes());
+        let full = mac.finalize().into_bytes();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&full[..16]);
+        out
+    }
+
+    /// A token valid until `expiry` (seconds since the epoch).
+    pub fn issue(&self, expiry: u64) -> String {
+        let mut raw = [0u8; 24];
+        raw[..8].copy_from_slice(&expiry.to_be_bytes());
+        raw[8..].copy_from_slice(&self.mac(expiry));
+        hex::encode(raw)
+    }
+
+    /// Whether `token` was issued by this signer and is unexpired at `now` (epoch seconds).
+    pub fn verify(&self, token: &[u8], now: u64) -> bool {
+        let mut raw = [0u8; 24];
+        if token.len() != 48 || hex::decode_to_slice(token, &mut raw).is_err() {
+            return false;
+        }
+        let expiry = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
+        let genuine: bool = self.mac(expiry).ct_eq(&raw[8..]).into();
+        genuine && now < expiry
+    }
+}
+
+/// What the IMDS handler reads.
+#[derive(Debug)]
+pub struct ImdsContext {
+    pub state: Arc<ArcSwap<Snapshot>>,
+    pub cache: Arc<CredentialCache>,
+    pub metrics: Arc<Metrics>,
+    pub signer: TokenSigner,
+}
+
+/// Answers one request.
+pub async fn handle(
+    ctx: Arc<ImdsContext>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let started = Instant::now();
+    let snap = ctx.state.load_full();
+    let (resp, counted_role) = match &snap.config.imds {
+        Some(imds) => answer(&ctx, &snap, imds, &req).await,
+        None => (text(StatusCode::NOT_FOUND, "not found"), false),
+    };
+    let status = resp.status().as_u16();
+    let role = match &snap.config.imds {
+        Some(imds) if counted_role => imds.role.as_str(),
+        _ => "",
+    };
+    ctx.metrics
+        .observe_request(ENDPOINT, role, status, started.elapsed());
+    if status >= 400 {
+        tracing::debug!(%peer, status, path = req.uri().path(), "imds request refused");
+    }
+    resp
+}
+
+fn epoch_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// The response, and whether it is counted under the IMDS role's label.
+async fn answer(
+    ctx: &ImdsContext,
+    snap: &Snapshot,
+    imds: &ImdsConfig,
+    req: &Request<Incoming>,
+) -> (Response<Body>, bool) {
+    if req.headers().contains_key("x-forwarded-for") {
+        return (
+            text(
+                StatusCode::FORBIDDEN,
+                "requests relayed by a proxy are refused",
+            ),
+            false,
+        );
+    }
+    if !http::host_allowed(req, &imds.listener.allowed_hosts) {
+        return (http::forbidden_host(), false);
+    }
+    let path = req.uri().path();
+    let path = path.strip_suffix('/').unwrap_or(path);
+    if path == TOKEN_PATH {
+        return if req.method() == Method::PUT {
+            (issue_token(ctx, imds, req), false)
+        } else {
+            (http::method_not_allowed("PUT"), false)
+        };
+    }
+    if req.method() != Method::GET {
+        return (http::method_not_allowed("GET"), false);
+    }
+    let now = SystemTime::now();
+    let token_ok = req
+        .headers()
+        .get(TOKEN_HEADER)
+        .is_some_and(|t| ctx.signer.verify(t.as_bytes(), epoch_seconds(now)));
+    if !token_ok && !imds.allow_v1 {
+        return (
+            text(
+                StatusCode::UNAUTHORIZED,
+                "a valid X-aws-ec2-metadata-token is required (PUT /latest/api/token first)",
+            ),
+            false,
+        );
+    }
+    let role = imds.role.as_str();
+    if path == CREDS_PREFIX {
+        return (text(StatusCode::OK, role), true);
+    }
+    if path == INFO_PATH {
+        return (info(snap, imds, now), true);
+    }
+    let (name, extended) = if let Some(n) = path.strip_prefix(EXTENDED_PREFIX) {
+        (n, true)
+    } else if let Some(n) = path.strip_prefix(CREDS_PREFIX) {
+        (n, false)
+    } else {
+        return (text(StatusCode::NOT_FOUND, "not found"), false);
+    };
+    if name.strip_prefix('/') != Some(role) {
+        return (text(StatusCode::NOT_FOUND, "not found"), false);
+    }
+    let Some(slot) = snap.roles.get(role) else {
+        return (text(StatusCode::NOT_FOUND, "not found"), false);
+    };
+    let wait = snap.config.sts.timeout + Duration::from_secs(1);
+    let served = match ctx.cache.get(slot, wait).await {
+        Ok(s) if s.remaining(now) >= imds.min_remaining => s,
+        Ok(_) => {
+            return (
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "credentials are below the IMDS min_remaining and could not be refreshed yet",
+                ),
+                true,
+            );
+        }
+        Err(e) => {
+            let why = match e {
+                crate::cache::CacheError::Fetch(f) => f.to_string(),
+                crate::cache::CacheError::TimedOut => "STS did not answer in time".to_string(),
+            };
+            return (
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("credentials unavailable: {why}"),
+                ),
+                true,
+            );
+        }
+    };
+    (credentials(&served, extended), true)
+}
+
+fn issue_token(ctx: &ImdsContext, imds: &ImdsConfig, req: &Request<Incoming>) -> Response<Body> {
+    let requested = req
+        .headers()
+        .get(TTL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ttl| (1..=MAX_TTL_SECONDS).contains(ttl));
+    let Some(requested) = requested else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "missing or invalid X-aws-ec2-metadata-token-ttl-seconds (1..21600)",
+        );
+    };
+    let granted = requested.min(imds.max_token_ttl.as_secs().max(1));
+    let token = ctx.signer.issue(epoch_seconds(SystemTime::now()) + granted);
+    let mut resp = text(StatusCode::OK, &token);
+    resp.headers_mut()
+        .insert(TTL_HEADER, HeaderValue::from(granted));
+    resp
+}
+
+fn credentials(served: &Served, extended: bool) -> Response<Body> {
+    let body = if extended {
+        served.imds_extended_body.clone()
+    } else {
+        served.imds_body.clone()
+    };
+    let mut resp = Response::new(Full::new(body));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+/// `iam/info`: the instance profile named after the role, in the role's account.
+fn info(snap: &Snapshot, imds: &ImdsConfig, now: SystemTime) -> Response<Body> {
+    let Some(slot) = snap.roles.get(&imds.role) else {
+        return text(StatusCode::NOT_FOUND, "not found");
+    };
+    let spec = &slot.config.spec;
+    let role_name = spec.arn.rsplit('/').next().unwrap_or(&imds.role);
+    let partition = spec.arn.split(':').nth(1).unwrap_or("aws");
+    let profile_arn = format!(
+        "arn:{partition}:iam::{}:instance-profile/{role_name}",
+        spec.account_id
+    );
+    // A stable ID in the shape IAM uses for instance profiles (AIPA + 17 characters).
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(profile_arn.as_bytes());
+    let id: String = hex::encode_upper(&digest[..9]).chars().take(17).collect();
+    let body = serde_json::json!({
+        "Code": "Success",
+        "LastUpdated": rfc3339(now),
+        "InstanceProfileArn": profile_arn,
+        "InstanceProfileId": format!("AIPA{id}"),
+    })
+    .to_string();
+    text(StatusCode::OK, &body)
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_verify_until_expiry_and_resist_forgery() {
+        let signer = TokenSigner::generate();
+        let token = signer.issue(1_000);
+        assert_eq!(token.len(), 48);
+        assert!(signer.verify(token.as_bytes(), 999));
+        assert!(
+            !signer.verify(token.as_bytes(), 1_000),
+            "expired at its expiry"
+        );
+        // Another key's token, a stretched expiry, garbage, wrong lengths.
+        assert!(!TokenSigner::generate().verify(token.as_bytes(), 0));
+        let mut stretched = hex::decode(&token).unwrap();
+        stretched[..8].copy_from_slice(&u64::MAX.to_be_bytes());
+        assert!(!signer.verify(hex::encode(stretched).as_bytes(), 0));
+        assert!(!signer.verify(b"not-a-token", 0));
+        assert!(!signer.verify(&token.as_bytes()[..47], 0));
+        assert!(!signer.verify("z".repeat(48).as_bytes(), 0));
+        assert!(!format!("{signer:?}").contains(&hex::encode(signer.key)));
+    }
+}
