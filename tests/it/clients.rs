@@ -24,7 +24,8 @@ impl Setup {
             + &role(
                 "app",
                 "session_name = \"sdk-test\"\ntags = { team = \"payments\" }",
-            );
+            )
+            + "\n[imds]\nlisten = \"127.0.0.1:0\"\nrole = \"app\"\n";
         let broker = TestBroker::start(&dir, &config).await;
         broker.wait_ready(Duration::from_secs(20)).await;
         Setup {
@@ -37,6 +38,16 @@ impl Setup {
 
     fn full_uri(&self) -> String {
         format!("http://{}/v1/credentials/app", self.broker.ecs)
+    }
+
+    /// A client command that finds the broker as EC2 instance metadata (IMDSv2).
+    fn imds_client(&self, program: &Path) -> Command {
+        let mut cmd = clean_client(program, self.dir.path());
+        cmd.env_remove("AWS_EC2_METADATA_DISABLED").env(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            format!("http://{}/", self.broker.imds.unwrap()),
+        );
+        cmd
     }
 
     /// A client command with the ECS variables set; the token by file or by value.
@@ -95,6 +106,22 @@ async fn boto3_reads_credentials_with_token_env_and_token_file() {
             .unwrap()
             >= 2.0
     );
+
+    let out = run_ok(
+        s.imds_client(&venv_bin("python"))
+            .args(["-c", script, &s.moto.url]),
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0], "iam-role",
+        "boto3 used the instance metadata provider: {out}"
+    );
+    assert_eq!(lines[1], EXPECTED_ARN, "through IMDS");
+    let imds_hits = s
+        .broker
+        .metric("sts_broker_requests_total{endpoint=\"imds\",role=\"app\",status=\"200\"}")
+        .await;
+    assert!(imds_hits >= Some(2.0), "{imds_hits:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,37 +139,64 @@ async fn aws_cli_get_caller_identity_through_the_broker() {
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["Arn"], EXPECTED_ARN, "token by file: {by_file}");
     }
+    let out = run_ok(s.imds_client(&venv_bin("aws")).args([
+        "sts",
+        "get-caller-identity",
+        "--endpoint-url",
+        &s.moto.url,
+        "--output",
+        "json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["Arn"], EXPECTED_ARN, "through IMDS");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rust_aws_config_ecs_provider_reads_credentials() {
+async fn rust_aws_config_ecs_and_imds_providers_read_credentials() {
     let s = Setup::start().await;
     // aws-config reads the process environment, which a test must not modify: run this test
-    // binary again as a child with the variables set (see `rust_ecs_client_child`).
-    let mut cmd = s.client(&std::env::current_exe().unwrap(), true);
-    cmd.env("STS_BROKER_RUST_CHILD_MOTO", &s.moto.url).args([
-        "clients::rust_ecs_client_child",
-        "--exact",
-        "--nocapture",
-        "--test-threads=1",
-    ]);
-    let out = run_ok(&mut cmd);
-    assert!(out.contains(&format!("ARN={EXPECTED_ARN}")), "{out}");
+    // binary again as a child with the variables set (see `rust_client_child`).
+    let exe = std::env::current_exe().unwrap();
+    for (mode, mut cmd) in [("ecs", s.client(&exe, true)), ("imds", s.imds_client(&exe))] {
+        cmd.env("STS_BROKER_RUST_CHILD_MOTO", &s.moto.url)
+            .env("STS_BROKER_RUST_CHILD_MODE", mode)
+            .args([
+                "clients::rust_client_child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ]);
+        let out = run_ok(&mut cmd);
+        assert!(
+            out.contains(&format!("ARN={EXPECTED_ARN}")),
+            "{mode}: {out}"
+        );
+    }
 }
 
-/// Runs only as the child of `rust_aws_config_ecs_provider_reads_credentials`.
+/// Runs only as the child of `rust_aws_config_ecs_and_imds_providers_read_credentials`.
 #[tokio::test]
-async fn rust_ecs_client_child() {
-    use aws_credential_types::provider::ProvideCredentials;
-    let Some(moto) = std::env::var_os("STS_BROKER_RUST_CHILD_MOTO") else {
+async fn rust_client_child() {
+    use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+    let (Some(moto), Ok(mode)) = (
+        std::env::var_os("STS_BROKER_RUST_CHILD_MOTO"),
+        std::env::var("STS_BROKER_RUST_CHILD_MODE"),
+    ) else {
         return; // not the child: nothing to do
     };
-    let provider = aws_config::ecs::EcsCredentialsProvider::builder().build();
+    let provider = match mode.as_str() {
+        "ecs" => SharedCredentialsProvider::new(
+            aws_config::ecs::EcsCredentialsProvider::builder().build(),
+        ),
+        _ => SharedCredentialsProvider::new(
+            aws_config::imds::credentials::ImdsCredentialsProvider::builder().build(),
+        ),
+    };
     let creds = provider
         .provide_credentials()
         .await
-        .expect("ECS provider credentials");
-    assert!(creds.access_key_id().starts_with("ASIA") || !creds.access_key_id().is_empty());
+        .expect("provider credentials");
+    assert!(creds.access_key_id().starts_with("ASIA"), "{mode}");
     assert!(creds.expiry().is_some(), "the broker sends Expiration");
     let conf = aws_sdk_sts::config::Builder::new()
         .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
