@@ -60,13 +60,20 @@ else
     'import moto, boto3; print("moto", moto.__version__, "boto3", boto3.__version__)') $("$VENV/bin/aws" --version 2>&1)"
 fi
 
-# --- npm packages: NOT NEEDED YET -----------------------------------------------------------------
-# When the JavaScript SDK v3 client tests arrive (DESIGN.md §6), install them here, pinned
-# (later releases need Node 22; the machine has Node 20), with the same skip-if-satisfied idea:
-#   @aws-sdk/credential-providers@3.1175.0  @aws-sdk/client-sts@3.1177.0
-# e.g. a package.json + package-lock.json under tests/js and `npm ci --prefix tests/js`, skipped when
-# the lock file's hash matches a stamp in tests/js/node_modules.
-# ---------------------------------------------------------------------------------------------------
+# --- npm packages: the JavaScript SDK v3 clients (tests/js) -------------------------------------
+# Pinned in tests/js/package-lock.json to releases that run on Node 20 (later ones need Node 22).
+# Skipped when node_modules was installed from the same lock file.
+JS_DIR=$REPO/tests/js
+JS_STAMP=$JS_DIR/node_modules/.sts-broker-lock-hash
+command -v npm >/dev/null || die "npm not found (need Node.js 20 for the JavaScript SDK tests)"
+js_want=$(sha256sum "$JS_DIR/package-lock.json" | cut -d' ' -f1)
+if [ -f "$JS_STAMP" ] && [ "$(cat "$JS_STAMP")" = "$js_want" ]; then
+  say "JavaScript SDK up to date ($JS_DIR/node_modules)"
+else
+  say "installing the JavaScript SDK v3 into $JS_DIR (npm ci)"
+  npm ci --prefix "$JS_DIR" --no-audit --no-fund --loglevel=error
+  printf '%s\n' "$js_want" >"$JS_STAMP"
+fi
 
 # --- apt packages: none needed yet ----------------------------------------------------------------
 # If one is (wrk, hyperfine, nginx, ...), check with `command -v` first, and run `apt-get update`

@@ -152,6 +152,41 @@ async fn aws_cli_get_caller_identity_through_the_broker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_sdk_v3_providers_read_credentials() {
+    let s = Setup::start().await;
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    assert!(
+        js.join("node_modules/@aws-sdk/credential-providers").exists(),
+        "run scripts/setup-test-deps.sh to install the JavaScript SDK into tests/js"
+    );
+    let node = Path::new("/usr/bin/node");
+    // (provider, how the broker is found)
+    let cases = [
+        ("fromHttp", "ecs-file"),
+        ("fromHttp", "ecs-env"),
+        // The legacy provider reads only the token variable, never the file.
+        ("fromContainerMetadata", "ecs-env"),
+        ("fromInstanceMetadata", "imds"),
+        ("default", "ecs-file"),
+        ("default", "imds"),
+    ];
+    for (provider, how) in cases {
+        let mut cmd = match how {
+            "ecs-file" => s.client(node, true),
+            "ecs-env" => s.client(node, false),
+            _ => s.imds_client(node),
+        };
+        cmd.current_dir(&js)
+            .args(["client.mjs", provider, &s.moto.url]);
+        let out = run_ok(&mut cmd);
+        assert!(
+            out.contains(&format!("PROVIDER={provider} ARN={EXPECTED_ARN}")),
+            "{provider} via {how}: {out}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_aws_config_ecs_and_imds_providers_read_credentials() {
     let s = Setup::start().await;
     // aws-config reads the process environment, which a test must not modify: run this test
