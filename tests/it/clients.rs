@@ -156,7 +156,8 @@ async fn javascript_sdk_v3_providers_read_credentials() {
     let s = Setup::start().await;
     let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
     assert!(
-        js.join("node_modules/@aws-sdk/credential-providers").exists(),
+        js.join("node_modules/@aws-sdk/credential-providers")
+            .exists(),
         "run scripts/setup-test-deps.sh to install the JavaScript SDK into tests/js"
     );
     let node = Path::new("/usr/bin/node");

@@ -172,8 +172,25 @@ impl TestBroker {
     }
 
     pub async fn start_with_log(dir: &ConfigDir, config_text: &str, rust_log: &str) -> TestBroker {
+        Self::start_wrapped(dir, config_text, rust_log, &[]).await
+    }
+
+    /// Starts the broker under `wrapper` (e.g. `ip netns exec NAME`).
+    pub async fn start_wrapped(
+        dir: &ConfigDir,
+        config_text: &str,
+        rust_log: &str,
+        wrapper: &[&str],
+    ) -> TestBroker {
         let config_path = dir.write("config.toml", config_text);
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(BIN),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+        };
         cmd.arg("serve").arg("-c").arg(&config_path);
         broker_env(&mut cmd, dir.path(), rust_log);
         let mut child = cmd

@@ -11,5 +11,6 @@ mod fake_sts;
 mod helpers;
 mod imds;
 mod lifecycle;
+mod netns;
 mod refresh;
 mod secrets;

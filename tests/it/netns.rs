@@ -1,0 +1,304 @@
+//! Standard link-local addresses and the IMDS hop limit, in Linux network namespaces the test
+//! creates itself (needs root and `ip`; skipped with a message otherwise).
+//!
+//! - boto3 with *no* endpoint override finds IMDS credentials at 169.254.169.254 and ECS
+//!   credentials at `http://169.254.170.23/v1/credentials/app`.
+//! - With `hop_limit = 1`, a client one router away cannot reach IMDS (EC2 parity: a container
+//!   behind a NAT bridge is one hop further); with `hop_limit = 2` it can.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::helpers::*;
+
+/// A network namespace, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create(tag: &str) -> Netns {
+        let name = format!("stsb-{tag}-{}-{}", std::process::id(), rand_suffix());
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn exec(&self, args: &[&str]) {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full);
+    }
+
+    fn wrapper(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.name]
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        % 100_000
+}
+
+#[track_caller]
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("run command");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether this process may create network namespaces; says why not when it may not.
+fn namespaces_available() -> bool {
+    let probe = format!("stsb-probe-{}-{}", std::process::id(), rand_suffix());
+    let ok = Command::new("ip")
+        .args(["netns", "add", &probe])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        let _ = Command::new("ip").args(["netns", "del", &probe]).status();
+    } else {
+        eprintln!(
+            "SKIPPED: cannot create a network namespace here (needs root and iproute2's `ip`); \
+             the link-local address and hop-limit tests did not run"
+        );
+    }
+    ok
+}
+
+/// moto inside `ns` on 127.0.0.1:`port` (the namespace is private: a fixed port is free).
+struct NsMoto(std::process::Child);
+
+impl NsMoto {
+    fn start(ns: &Netns, port: u16) -> NsMoto {
+        let child = ns
+            .command(venv_bin("moto_server").to_str().unwrap())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        NsMoto(child)
+    }
+}
+
+impl Drop for NsMoto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A Python snippet run inside `ns` with a clean environment plus `env`.
+fn ns_python(ns: &Netns, home: &std::path::Path, env: &[(&str, &str)], script: &str) -> String {
+    let mut cmd = ns.command("env");
+    cmd.args([
+        "-i",
+        "PATH=/usr/bin:/bin",
+        &format!("HOME={}", home.display()),
+        "AWS_CONFIG_FILE=/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE=/dev/null",
+        "AWS_DEFAULT_REGION=us-east-1",
+    ]);
+    for (k, v) in env {
+        cmd.arg(format!("{k}={v}"));
+    }
+    cmd.arg(venv_bin("python")).args(["-c", script]);
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "python in {} failed: {stdout}\n{}",
+        ns.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Waits (inside the namespace) for `url` to answer 200.
+const WAIT_READY: &str = "
+import sys, time, urllib.request
+deadline = time.time() + 30
+while True:
+    try:
+        if urllib.request.urlopen(sys.argv[1], timeout=1).status == 200:
+            break
+    except Exception:
+        pass
+    if time.time() > deadline:
+        sys.exit('not ready: ' + sys.argv[1])
+    time.sleep(0.1)
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_finds_the_broker_at_the_standard_link_local_addresses() {
+    if !namespaces_available() {
+        return;
+    }
+    let ns = Netns::create("ll");
+    ns.exec(&["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"]);
+    ns.exec(&["ip", "addr", "add", "169.254.170.23/32", "dev", "lo"]);
+    let _moto = NsMoto::start(&ns, 5000);
+    let dir = ConfigDir::new();
+    let token_file = dir.token_file("app.token", TOKEN);
+    let config = format!(
+        r#"
+[sts]
+region = "us-east-1"
+endpoint = "http://127.0.0.1:5000"
+[source]
+kind = "static_env"
+[ecs]
+listen = "169.254.170.23:80"
+[imds]
+listen = "169.254.169.254:80"
+role = "app"
+hop_limit = 1
+[admin]
+listen = "127.0.0.1:9469"
+[[role]]
+name = "app"
+arn = "arn:aws:iam::123456789012:role/app"
+session_name = "netns-test"
+token_files = [{:?}]
+"#,
+        token_file.display().to_string()
+    );
+    let _broker = TestBroker::start_wrapped(&dir, &config, "info", &ns.wrapper()).await;
+    let home = dir.path();
+    let script = "import boto3\n\
+                  s = boto3.session.Session()\n\
+                  print(s.get_credentials().method)\n\
+                  print(s.client('sts', endpoint_url='http://127.0.0.1:5000').get_caller_identity()['Arn'])\n";
+    let wait = format!("import sys; sys.argv = ['', 'http://127.0.0.1:9469/readyz']\n{WAIT_READY}");
+    ns_python(&ns, home, &[], &wait);
+
+    // IMDS: no endpoint variable at all — botocore's default 169.254.169.254.
+    let out = ns_python(&ns, home, &[], script);
+    assert_eq!(
+        out,
+        "iam-role\narn:aws:sts::123456789012:assumed-role/app/netns-test\n"
+    );
+    // ECS at the EKS Pod Identity address, over plain http.
+    let file = token_file.display().to_string();
+    let out = ns_python(
+        &ns,
+        home,
+        &[
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://169.254.170.23/v1/credentials/app",
+            ),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &file),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+        script,
+    );
+    assert_eq!(
+        out,
+        "container-role\narn:aws:sts::123456789012:assumed-role/app/netns-test\n"
+    );
+}
+
+/// Client namespace → router namespace → broker namespace. Returns the three namespaces.
+fn routed_topology(tag: &str) -> (Netns, Netns, Netns) {
+    let client = Netns::create(&format!("{tag}c"));
+    let router = Netns::create(&format!("{tag}r"));
+    let broker = Netns::create(&format!("{tag}b"));
+    let (c0, r0, r1, b0) = (
+        format!("c0{}", rand_suffix() % 1000),
+        format!("r0{}", rand_suffix() % 1000),
+        format!("r1{}", rand_suffix() % 1000),
+        format!("b0{}", rand_suffix() % 1000),
+    );
+    sh(&[
+        "ip", "link", "add", &c0, "type", "veth", "peer", "name", &r0,
+    ]);
+    sh(&[
+        "ip", "link", "add", &r1, "type", "veth", "peer", "name", &b0,
+    ]);
+    sh(&["ip", "link", "set", &c0, "netns", &client.name]);
+    sh(&["ip", "link", "set", &r0, "netns", &router.name]);
+    sh(&["ip", "link", "set", &r1, "netns", &router.name]);
+    sh(&["ip", "link", "set", &b0, "netns", &broker.name]);
+    client.exec(&["ip", "addr", "add", "10.201.1.2/24", "dev", &c0]);
+    client.exec(&["ip", "link", "set", &c0, "up"]);
+    client.exec(&["ip", "route", "add", "default", "via", "10.201.1.1"]);
+    router.exec(&["ip", "addr", "add", "10.201.1.1/24", "dev", &r0]);
+    router.exec(&["ip", "addr", "add", "10.201.2.1/24", "dev", &r1]);
+    router.exec(&["ip", "link", "set", &r0, "up"]);
+    router.exec(&["ip", "link", "set", &r1, "up"]);
+    router.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    broker.exec(&["ip", "addr", "add", "10.201.2.2/24", "dev", &b0]);
+    broker.exec(&["ip", "link", "set", &b0, "up"]);
+    broker.exec(&["ip", "route", "add", "default", "via", "10.201.2.1"]);
+    (client, router, broker)
+}
+
+/// PUT a token from inside `ns`; true when the broker answered 200.
+fn token_from(ns: &Netns, home: &std::path::Path) -> bool {
+    let script = "
+import urllib.request
+req = urllib.request.Request('http://10.201.2.2:80/latest/api/token', method='PUT',
+                             headers={'X-aws-ec2-metadata-token-ttl-seconds': '60'})
+try:
+    print(urllib.request.urlopen(req, timeout=2).status)
+except Exception as e:
+    print('unreachable', type(e).__name__)
+";
+    ns_python(ns, home, &[], script).trim() == "200"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_limit_one_keeps_imds_from_clients_a_router_away() {
+    if !namespaces_available() {
+        return;
+    }
+    let (client, router, broker_ns) = routed_topology("hop");
+    let _moto = NsMoto::start(&broker_ns, 5000);
+    for (hop_limit, far_client_reaches) in [(1, false), (2, true)] {
+        let dir = ConfigDir::new();
+        let config = config_head("http://127.0.0.1:5000")
+            + &format!(
+                "\n[imds]\nlisten = \"10.201.2.2:80\"\nrole = \"app\"\nhop_limit = {hop_limit}\n"
+            )
+            + &role("app", "prefetch = false");
+        let mut broker =
+            TestBroker::start_wrapped(&dir, &config, "info", &broker_ns.wrapper()).await;
+        assert!(
+            token_from(&router, dir.path()),
+            "hop_limit {hop_limit}: a directly connected client always reaches IMDS"
+        );
+        assert_eq!(
+            token_from(&client, dir.path()),
+            far_client_reaches,
+            "hop_limit {hop_limit}: client one router away"
+        );
+        broker.signal("TERM");
+        assert!(broker.wait_exit(Duration::from_secs(15)).await.is_some());
+    }
+}
