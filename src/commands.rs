@@ -29,6 +29,18 @@ pub fn check_summary(config: &Config) -> String {
         join_addrs(&config.ecs.listen),
         join_addrs(&config.admin.listen)
     );
+    if let Some(imds) = &config.imds {
+        let _ = writeln!(
+            out,
+            "imds: {} role {:?} v1 {} max token ttl {} min remaining {} hop limit {}",
+            join_addrs(&imds.listener.listen),
+            imds.role,
+            if imds.allow_v1 { "allowed" } else { "off" },
+            humantime::format_duration(imds.max_token_ttl),
+            humantime::format_duration(imds.min_remaining),
+            imds.hop_limit,
+        );
+    }
     for r in &config.roles {
         let s = &r.spec;
         let _ = writeln!(

@@ -471,3 +471,91 @@ fn listeners_and_no_roles() {
     let errs = errors("not = [valid");
     assert!(errs[0].contains("not valid TOML"), "{errs:#?}");
 }
+
+#[test]
+fn imds_table() {
+    let c = parse(&format!(
+        "{}\n[imds]\nlisten = \"169.254.169.254:80\"\nrole = \"app\"\nhop_limit = 1\nmax_token_ttl = \"1h\"\n",
+        role("")
+    ))
+    .unwrap();
+    let imds = c.imds.as_ref().unwrap();
+    assert_eq!(
+        imds.listener.listen,
+        vec!["169.254.169.254:80".parse().unwrap()]
+    );
+    assert_eq!(imds.role, "app");
+    assert_eq!(imds.hop_limit, 1);
+    assert!(!imds.allow_v1);
+    assert_eq!(imds.max_token_ttl, Duration::from_secs(3600));
+    assert_eq!(imds.min_remaining, DEFAULT_IMDS_MIN_REMAINING);
+    assert!(parse(&role("")).unwrap().imds.is_none());
+
+    // (docs, [imds] body, key named, fragment)
+    let cases = [
+        (
+            "role missing",
+            "listen = \"127.0.0.1:0\"",
+            "role",
+            "required",
+        ),
+        (
+            "unknown role",
+            "role = \"nope\"",
+            "role",
+            "not the name of a [[role]]",
+        ),
+        (
+            "hop limit zero",
+            "role = \"app\"\nhop_limit = 0",
+            "hop_limit",
+            "between 1 and 255",
+        ),
+        (
+            "hop limit too big",
+            "role = \"app\"\nhop_limit = 256",
+            "hop_limit",
+            "between 1 and 255",
+        ),
+        (
+            "token TTL above 6h",
+            "role = \"app\"\nmax_token_ttl = \"7h\"",
+            "max_token_ttl",
+            "1s..6h",
+        ),
+        (
+            "floor above the lead",
+            "role = \"app\"\nmin_remaining = \"45m\"",
+            "min_remaining",
+            "refresh lead",
+        ),
+        (
+            "unknown key",
+            "role = \"app\"\ncolour = 1",
+            "colour",
+            "unknown key",
+        ),
+    ];
+    for (docs, body, key, fragment) in cases {
+        let errs = errors(&format!("{}\n[imds]\n{body}\n", role("")));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(&format!("[imds]: key \"{key}\"")) && e.contains(fragment)),
+            "{docs}: {errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn the_imds_role_needs_no_ecs_tokens() {
+    let text = format!(
+        "{BASE}\n[[role]]\nname = \"node\"\narn = \"arn:aws:iam::123456789012:role/node\"\n[[role]]\nname = \"lonely\"\narn = \"arn:aws:iam::123456789012:role/lonely\"\n[imds]\nrole = \"node\"\n"
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].contains("role \"lonely\""),
+        "{:?}",
+        c.warnings
+    );
+}
