@@ -27,6 +27,7 @@ pub mod signals;
 pub mod source;
 pub mod state;
 pub mod sts;
+pub mod systemd;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -241,6 +242,11 @@ impl Broker {
     /// Addresses the IMDS listeners are bound to (empty without `[imds]`).
     pub fn imds_addrs(&self) -> &[SocketAddr] {
         &self.imds_addrs
+    }
+
+    /// Prefetched roles still without servable credentials (empty: ready).
+    pub async fn unready_roles(&self) -> Vec<String> {
+        self.state.load_full().unready_roles(&self.cache).await
     }
 
     /// The metrics registry (tests and embedding programs).

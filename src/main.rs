@@ -141,26 +141,47 @@ async fn serve(config: Config, ctx: LoadContext) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
-    while let Some(control) = controls.next().await {
-        match control {
-            Control::Reload => {
-                let Some(path) = &path else { continue };
-                let result = match Config::load(path, &ctx) {
-                    Ok(new) => broker.reload(new).await,
-                    Err(e) => {
-                        let e = sts_broker::ReloadError::Invalid(e);
-                        broker.metrics().observe_reload("error");
-                        Err(e)
+    // The supervisor borrows the broker; it ends before the broker is shut down.
+    {
+        let supervise = sts_broker::systemd::supervise(&broker);
+        tokio::pin!(supervise);
+        loop {
+            let control = tokio::select! {
+                c = controls.next() => match c {
+                    Some(c) => c,
+                    None => break,
+                },
+                () = &mut supervise => continue,
+            };
+            match control {
+                Control::Reload => {
+                    let Some(path) = &path else { continue };
+                    let result = match Config::load(path, &ctx) {
+                        Ok(new) => broker.reload(new).await,
+                        Err(e) => {
+                            let e = sts_broker::ReloadError::Invalid(e);
+                            broker.metrics().observe_reload("error");
+                            Err(e)
+                        }
+                    };
+                    match result {
+                        Ok(()) => sts_broker::systemd::status(
+                            "serving credentials (configuration reloaded)",
+                        ),
+                        Err(e) => {
+                            tracing::error!(error = %e, "reload failed; the previous configuration keeps serving");
+                            sts_broker::systemd::status(
+                                "reload failed; previous configuration serving",
+                            );
+                        }
                     }
-                };
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "reload failed; the previous configuration keeps serving");
                 }
+                Control::Shutdown => break,
             }
-            Control::Shutdown => break,
         }
     }
     tracing::info!("shutting down: draining connections");
+    sts_broker::systemd::stopping();
     // A second SIGTERM/SIGINT while draining exits at once.
     tokio::select! {
         () = broker.shutdown() => ExitCode::SUCCESS,

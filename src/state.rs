@@ -8,7 +8,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::cache::RoleSlot;
+use crate::cache::{CredentialCache, RoleSlot};
 use crate::config::Config;
 
 /// Everything a handler needs to answer, consistent within one request.
@@ -17,6 +17,21 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub roles: HashMap<String, Arc<RoleSlot>>,
     pub tokens: TokenIndex,
+}
+
+impl Snapshot {
+    /// Prefetched roles that hold no servable credentials, sorted: what `/readyz` and the
+    /// systemd readiness notification wait for.
+    pub async fn unready_roles(&self, cache: &CredentialCache) -> Vec<String> {
+        let mut waiting = Vec::new();
+        for (name, slot) in &self.roles {
+            if slot.config.spec.prefetch && cache.peek(&slot.key).await.is_none() {
+                waiting.push(name.clone());
+            }
+        }
+        waiting.sort();
+        waiting
+    }
 }
 
 /// What a presented client token may do.

@@ -89,20 +89,8 @@ async fn route(
     }
 }
 
-/// Prefetched roles that hold no servable credentials.
-async fn not_ready(ctx: &AdminContext, snap: &Snapshot) -> Vec<String> {
-    let mut waiting = Vec::new();
-    for (name, slot) in &snap.roles {
-        if slot.config.spec.prefetch && ctx.cache.peek(&slot.key).await.is_none() {
-            waiting.push(name.clone());
-        }
-    }
-    waiting.sort();
-    waiting
-}
-
 async fn readyz(ctx: &AdminContext, snap: &Snapshot) -> Response<Body> {
-    let waiting = not_ready(ctx, snap).await;
+    let waiting = snap.unready_roles(&ctx.cache).await;
     ctx.metrics.set_ready(waiting.is_empty());
     if waiting.is_empty() {
         http::json_response(StatusCode::OK, Bytes::from_static(b"{\"ready\":true}"))
@@ -124,7 +112,8 @@ async fn metrics(ctx: &AdminContext, snap: &Snapshot) -> Response<Body> {
         };
         ctx.metrics.set_expiry(name, left);
     }
-    ctx.metrics.set_ready(not_ready(ctx, snap).await.is_empty());
+    ctx.metrics
+        .set_ready(snap.unready_roles(&ctx.cache).await.is_empty());
     let mut resp = Response::new(http_body_util::Full::new(Bytes::from(ctx.metrics.render())));
     resp.headers_mut().insert(
         CONTENT_TYPE,

@@ -172,15 +172,16 @@ impl TestBroker {
     }
 
     pub async fn start_with_log(dir: &ConfigDir, config_text: &str, rust_log: &str) -> TestBroker {
-        Self::start_wrapped(dir, config_text, rust_log, &[]).await
+        Self::start_wrapped(dir, config_text, rust_log, &[], &[]).await
     }
 
-    /// Starts the broker under `wrapper` (e.g. `ip netns exec NAME`).
+    /// Starts the broker under `wrapper` (e.g. `ip netns exec NAME`) with `extra_env`.
     pub async fn start_wrapped(
         dir: &ConfigDir,
         config_text: &str,
         rust_log: &str,
         wrapper: &[&str],
+        extra_env: &[(&str, &str)],
     ) -> TestBroker {
         let config_path = dir.write("config.toml", config_text);
         let mut cmd = match wrapper.split_first() {
@@ -193,6 +194,7 @@ impl TestBroker {
         };
         cmd.arg("serve").arg("-c").arg(&config_path);
         broker_env(&mut cmd, dir.path(), rust_log);
+        cmd.envs(extra_env.iter().copied());
         let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

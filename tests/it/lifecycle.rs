@@ -330,3 +330,63 @@ async fn credential_process_prints_version_1_json() {
     assert_eq!(sts.calls(), 1);
     assert!(!err.contains("fake-secret"), "{err}");
 }
+
+#[tokio::test]
+async fn systemd_notify_ready_watchdog_and_stopping() {
+    use tokio::net::UnixDatagram;
+    let sts = FakeSts::start().await;
+    sts.set_delay(Duration::from_millis(300));
+    let dir = ConfigDir::new();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let socket_str = socket_path.display().to_string();
+    let mut broker = TestBroker::start_wrapped(
+        &dir,
+        &(config_head(&sts.url()) + &role("app", "")),
+        "info",
+        &[],
+        &[("NOTIFY_SOCKET", &socket_str), ("WATCHDOG_USEC", "400000")],
+    )
+    .await;
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let mut recv = async || {
+        let n = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
+            .await
+            .expect("a notification within 10 s")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // READY=1 only once the credentials are in (the fake STS answers after 300 ms).
+    while !received.iter().any(|m: &String| m.contains("READY=1")) {
+        received.push(recv().await);
+    }
+    assert!(sts.calls() >= 1, "ready before any STS call: {received:?}");
+    assert!(
+        received.iter().any(|m| m.contains("STATUS=")),
+        "{received:?}"
+    );
+    // Watchdog pings every 200 ms (half of WATCHDOG_USEC).
+    let mut pings = 0;
+    while pings < 3 {
+        if recv().await.contains("WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    broker.signal("TERM");
+    let mut stopping = false;
+    for _ in 0..20 {
+        if recv().await.contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "STOPPING=1 on SIGTERM");
+    assert!(
+        broker
+            .wait_exit(Duration::from_secs(15))
+            .await
+            .unwrap()
+            .success()
+    );
+}

@@ -188,7 +188,7 @@ token_files = [{:?}]
 "#,
         token_file.display().to_string()
     );
-    let _broker = TestBroker::start_wrapped(&dir, &config, "info", &ns.wrapper()).await;
+    let _broker = TestBroker::start_wrapped(&dir, &config, "info", &ns.wrapper(), &[]).await;
     let home = dir.path();
     let script = "import boto3\n\
                   s = boto3.session.Session()\n\
@@ -288,7 +288,7 @@ async fn hop_limit_one_keeps_imds_from_clients_a_router_away() {
             )
             + &role("app", "prefetch = false");
         let mut broker =
-            TestBroker::start_wrapped(&dir, &config, "info", &broker_ns.wrapper()).await;
+            TestBroker::start_wrapped(&dir, &config, "info", &broker_ns.wrapper(), &[]).await;
         assert!(
             token_from(&router, dir.path()),
             "hop_limit {hop_limit}: a directly connected client always reaches IMDS"
