@@ -106,7 +106,12 @@ fn bench_tokens(c: &mut Criterion) {
         b.iter(|| idx.check(black_box(known), black_box("app8")))
     });
     g.bench_function("check/unknown", |b| {
-        b.iter(|| idx.check(black_box(b"not-a-token-0123456789abcdef000"), black_box("app7")))
+        b.iter(|| {
+            idx.check(
+                black_box(b"not-a-token-0123456789abcdef000"),
+                black_box("app7"),
+            )
+        })
     });
     g.finish();
 }
@@ -117,7 +122,9 @@ fn bench_imds_tokens(c: &mut Criterion) {
     let now = 1_800_000_000u64;
     let token = signer.issue(now + 21_600);
     assert!(signer.verify(token.as_bytes(), now));
-    g.bench_function("issue", |b| b.iter(|| signer.issue(black_box(now + 21_600))));
+    g.bench_function("issue", |b| {
+        b.iter(|| signer.issue(black_box(now + 21_600)))
+    });
     g.bench_function("verify", |b| {
         b.iter(|| signer.verify(black_box(token.as_bytes()), black_box(now)))
     });
@@ -146,9 +153,9 @@ fn bench_cache(c: &mut Criterion) {
         .build()
         .unwrap();
     let cfg = parse(1);
-    let fetch: Fetch = Arc::new(|_slot| async { Ok(creds()) }.boxed());
+    let fetch: Fetch = Arc::new(|_cache, _slot| async { Ok(creds()) }.boxed());
     let cache = CredentialCache::new(fetch, Duration::from_secs(900), 100_000);
-    let slot = RoleSlot::new(Arc::clone(&cfg.roles[0]), 0);
+    let slot = RoleSlot::new(Arc::clone(&cfg.roles[0]), 0, None);
     rt.block_on(cache.load(&slot)).expect("fetch succeeds");
     // A warm read completes without yielding: poll it once, no executor in the measurement.
     assert!(cache.peek(&slot.key).now_or_never().flatten().is_some());

@@ -43,6 +43,8 @@ pub struct Served {
     pub imds_extended_body: Bytes,
     /// Safe to log and to show; joins our logs to CloudTrail.
     pub access_key_id: String,
+    /// The credentials themselves (redacting, zeroizing): what a chained role signs with.
+    pub credentials: Credentials,
     pub expiration: SystemTime,
     /// When the broker received them.
     pub issued: SystemTime,
@@ -78,8 +80,10 @@ impl Served {
             secret_access_key: &'a str,
             token: &'a str,
             expiration: &'a str,
-            role_arn: &'a str,
-            account_id: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            role_arn: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            account_id: Option<&'a str>,
         }
         /// The field order of real IMDS; `AccountId` only on the extended path.
         #[derive(serde::Serialize)]
@@ -98,13 +102,21 @@ impl Served {
         }
         let expiration = rfc3339(creds.expiration);
         let last_updated = rfc3339(now);
+        // The configured account, else the one in the ARN STS answered with.
+        let account_id = role.spec.account_id.as_deref().or_else(|| {
+            creds
+                .assumed_arn
+                .as_deref()
+                .and_then(|a| a.split(':').nth(4))
+                .filter(|a| a.len() == 12)
+        });
         let ecs = EcsBody {
             access_key_id: &creds.access_key_id,
             secret_access_key: creds.secret_access_key.expose(),
             token: creds.session_token.expose(),
             expiration: &expiration,
-            role_arn: &role.spec.arn,
-            account_id: &role.spec.account_id,
+            role_arn: role.spec.arn.as_deref(),
+            account_id,
         };
         let mut imds = ImdsBody {
             code: "Success",
@@ -117,12 +129,13 @@ impl Served {
             account_id: None,
         };
         let imds_body = zeroizing_json(&imds);
-        imds.account_id = Some(&role.spec.account_id);
+        imds.account_id = account_id;
         Served {
             ecs_body: zeroizing_json(&ecs),
             imds_body,
             imds_extended_body: zeroizing_json(&imds),
             access_key_id: creds.access_key_id.clone(),
+            credentials: creds.clone(),
             expiration: creds.expiration,
             issued: now,
             serve_until: creds
@@ -182,6 +195,8 @@ type InflightFetch = Shared<BoxFuture<'static, Result<Arc<Served>, FetchError>>>
 pub struct RoleSlot {
     pub config: Arc<RoleConfig>,
     pub key: RoleKey,
+    /// Role chaining: the slot of `source_role`, whose credentials sign this role's calls.
+    pub base: Option<Arc<RoleSlot>>,
     status: Mutex<RoleStatus>,
     inflight: Mutex<Option<InflightFetch>>,
     /// Wakes the role's refresh task: first activation of a lazy role, forced refresh.
@@ -197,8 +212,13 @@ impl fmt::Debug for RoleSlot {
 }
 
 impl RoleSlot {
-    pub fn new(config: Arc<RoleConfig>, generation: u64) -> Arc<RoleSlot> {
+    pub fn new(
+        config: Arc<RoleConfig>,
+        generation: u64,
+        base: Option<Arc<RoleSlot>>,
+    ) -> Arc<RoleSlot> {
         Arc::new(RoleSlot {
+            base,
             key: RoleKey {
                 name: Arc::from(config.name.as_str()),
                 generation,
@@ -221,9 +241,16 @@ impl RoleSlot {
     }
 }
 
-/// Obtains fresh credentials for a role (STS, rate limit, back-off, status bookkeeping).
-pub type Fetch =
-    Arc<dyn Fn(Arc<RoleSlot>) -> BoxFuture<'static, Result<Credentials, FetchError>> + Send + Sync>;
+/// Obtains fresh credentials for a role (STS, rate limit, back-off, status bookkeeping). It
+/// gets the cache so that a chained role can read (or single-flight) its source role's.
+pub type Fetch = Arc<
+    dyn Fn(
+            Arc<CredentialCache>,
+            Arc<RoleSlot>,
+        ) -> BoxFuture<'static, Result<Credentials, FetchError>>
+        + Send
+        + Sync,
+>;
 
 /// Why a request could not be answered from the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,15 +367,17 @@ impl CredentialCache {
                     let cache = Arc::clone(self);
                     let task_slot = Arc::clone(slot);
                     let task = tokio::spawn(async move {
-                        let result = (cache.fetch)(Arc::clone(&task_slot)).await.map(|c| {
-                            let served = Served::render(
-                                &task_slot.config,
-                                &c,
-                                SystemTime::now(),
-                                cache.min_remaining(),
-                            );
-                            Arc::new(served)
-                        });
+                        let result = (cache.fetch)(Arc::clone(&cache), Arc::clone(&task_slot))
+                            .await
+                            .map(|c| {
+                                let served = Served::render(
+                                    &task_slot.config,
+                                    &c,
+                                    SystemTime::now(),
+                                    cache.min_remaining(),
+                                );
+                                Arc::new(served)
+                            });
                         if let Ok(served) = &result {
                             cache
                                 .entries

@@ -43,25 +43,31 @@ pub fn check_summary(config: &Config) -> String {
     }
     for r in &config.roles {
         let s = &r.spec;
-        let _ = writeln!(
-            out,
-            "role {:?}: {} session {:?} duration {} tags {} policy_arns {} inline policy {} external id {} source identity {} tokens {} prefetch {}",
+        let mut line = format!(
+            "role {:?}: kind {} {} duration {}",
             r.name,
-            s.arn,
-            s.session_name,
+            s.kind.as_str(),
+            s.arn.as_deref().unwrap_or("(no role ARN)"),
             humantime::format_duration(s.duration),
-            s.tags.len(),
+        );
+        if let Some(name) = &s.session_name {
+            let _ = write!(line, " session {name:?}");
+        }
+        if let Some(base) = s.source_role() {
+            let _ = write!(line, " chained from {base:?}");
+        }
+        let _ = write!(
+            line,
+            " tags {} policy_arns {} inline policy {} external id {} source identity {} tokens {} prefetch {}",
+            s.tags().len(),
             s.policy_arns.len(),
             if s.policy.is_some() { "yes" } else { "no" },
-            if s.external_id.is_some() {
-                "set"
-            } else {
-                "none"
-            },
-            s.source_identity.as_deref().unwrap_or("none"),
+            if s.has_external_id() { "set" } else { "none" },
+            s.source_identity().unwrap_or("none"),
             r.tokens.len(),
             s.prefetch,
         );
+        let _ = writeln!(out, "{line}");
     }
     for w in &config.warnings {
         let _ = writeln!(out, "warning: {w}");
@@ -135,16 +141,37 @@ pub fn credential_process_json(c: &Credentials) -> String {
     .to_string()
 }
 
-/// Assumes `role` once with the configured STS and source credentials.
+/// Obtains credentials for `role` once with the configured STS and source credentials; a
+/// chained role first obtains its source role's (no cache: this is a one-shot command).
 ///
 /// # Errors
 /// Unknown role, STS set-up failure, or the classified STS error.
 pub async fn assume_once(config: &Config, role: &str) -> Result<Credentials, String> {
-    let r = config
-        .role(role)
-        .ok_or_else(|| format!("no role named {role:?} in the config"))?;
     let sts = crate::source::build_sts(config).await?;
-    sts.assume_role(r)
-        .await
-        .map_err(|e: FetchError| e.to_string())
+    // The chain from `role` back to a role without a source, then obtained from the far end.
+    let mut chain = Vec::new();
+    let mut at = role;
+    loop {
+        let r = config
+            .role(at)
+            .ok_or_else(|| format!("no role named {at:?} in the config"))?;
+        chain.push(r);
+        match r.spec.source_role() {
+            Some(base) if chain.len() <= config.roles.len() => at = base,
+            Some(_) => return Err("source_role chain has a cycle".to_string()),
+            None => break,
+        }
+    }
+    let mut signer = None;
+    for r in chain.into_iter().rev() {
+        let inputs = crate::source::gather_inputs(r, signer.take())
+            .await
+            .map_err(|e| e.to_string())?;
+        signer = Some(
+            sts.obtain(r, inputs)
+                .await
+                .map_err(|e: FetchError| format!("role {:?}: {e}", r.name))?,
+        );
+    }
+    signer.ok_or_else(|| "no credentials".to_string())
 }

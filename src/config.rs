@@ -6,17 +6,16 @@
 //! (`config.toml: role "app": key "session_name": …`). Every limit STS enforces is checked
 //! here, so a bad value fails at load time instead of as an `AccessDenied` at 3 a.m.
 
-use std::collections::{BTreeMap, HashSet};
+mod role;
+
+pub use role::{AssertionSource, CHAINED_MAX_DURATION, Mfa, RoleConfig, RoleKind, RoleSpec};
 use std::fmt;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-
-use crate::creds::Secret;
 
 /// Default config path when neither `-c` nor `STS_BROKER_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/sts-broker/config.toml";
@@ -30,7 +29,6 @@ const DEFAULT_MIN_REMAINING: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_JITTER: Duration = Duration::from_secs(30);
 const DEFAULT_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(120);
-const DEFAULT_DURATION: Duration = Duration::from_secs(3600);
 const DEFAULT_ECS_LISTEN: &str = "127.0.0.1:8170";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9469";
 const DEFAULT_IMDS_LISTEN: &str = "127.0.0.1:8169";
@@ -40,17 +38,10 @@ const DEFAULT_IMDS_MIN_REMAINING: Duration = Duration::from_secs(30 * 60);
 const DEFAULT_HOP_LIMIT: u32 = 64;
 /// IMDS accepts token TTLs of 1 s to 6 h.
 const MAX_IMDS_TOKEN_TTL: Duration = Duration::from_secs(21_600);
-/// Used when a role sets no `session_name`.
-const DEFAULT_SESSION_NAME: &str = "sts-broker-{hostname}";
 
-/// STS limits (AssumeRole API reference).
-const MIN_ROLE_DURATION: Duration = Duration::from_secs(15 * 60);
-const MAX_ROLE_DURATION: Duration = Duration::from_secs(12 * 3600);
-const MAX_TAGS: usize = 50;
+/// Session tag limits (AssumeRole API reference).
 const MAX_TAG_KEY: usize = 128;
 const MAX_TAG_VALUE: usize = 256;
-const MAX_POLICY_ARNS: usize = 10;
-const MAX_POLICY_CHARS: usize = 2048;
 
 /// The whole validated configuration. Built anew on every reload and swapped in whole.
 #[derive(Debug, Clone)]
@@ -164,39 +155,6 @@ pub struct ImdsConfig {
     /// IP TTL / hop limit of the listener's packets; 1 gives EC2 parity (a container behind
     /// a NAT bridge, one hop further, cannot reach it).
     pub hop_limit: u32,
-}
-
-/// One `[[role]]`.
-#[derive(Debug, Clone)]
-pub struct RoleConfig {
-    /// Used in URLs and metrics.
-    pub name: String,
-    /// Everything that decides which credentials STS issues; a change means re-assume.
-    pub spec: RoleSpec,
-    /// ECS tokens allowed to fetch this role: inline ones and the contents of `token_files`.
-    pub tokens: Vec<Secret>,
-    pub token_files: Vec<PathBuf>,
-}
-
-/// The STS-facing part of a role. Two equal specs yield interchangeable credentials, which is
-/// how a reload decides to keep a role's cache.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RoleSpec {
-    pub arn: String,
-    /// The 12-digit account from the ARN, served as `AccountId`.
-    pub account_id: String,
-    /// With `{hostname}` already substituted; stable across refreshes.
-    pub session_name: String,
-    pub external_id: Option<Secret>,
-    pub duration: Duration,
-    /// Keys are unique case-insensitively, as STS requires.
-    pub tags: Vec<(String, String)>,
-    pub transitive_tag_keys: Vec<String>,
-    pub policy_arns: Vec<String>,
-    pub policy: Option<String>,
-    pub source_identity: Option<String>,
-    /// Assume at start-up (and keep warm) rather than on first request.
-    pub prefetch: bool,
 }
 
 // === errors ===
@@ -325,37 +283,6 @@ struct RawImds {
     hop_limit: Option<u32>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRole {
-    name: String,
-    /// Read from the raw table before this struct is built; declared so it is not unknown.
-    #[serde(default, rename = "kind")]
-    _kind: Option<String>,
-    arn: String,
-    session_name: Option<String>,
-    external_id: Option<String>,
-    duration: Option<String>,
-    #[serde(default)]
-    tags: BTreeMap<String, String>,
-    #[serde(default)]
-    transitive_tag_keys: Vec<String>,
-    #[serde(default)]
-    policy_arns: Vec<String>,
-    policy: Option<String>,
-    source_identity: Option<String>,
-    #[serde(default)]
-    token_files: Vec<PathBuf>,
-    #[serde(default)]
-    tokens: Vec<String>,
-    #[serde(default = "default_true")]
-    prefetch: bool,
-}
-
-fn default_true() -> bool {
-    true
-}
-
 const TOP_LEVEL_TABLES: &[&str] = &["sts", "source", "refresh", "ecs", "admin", "imds", "role"];
 const STS_KEYS: &[&str] = &["region", "endpoint", "timeout", "max_calls_per_second"];
 const SOURCE_KEYS: &[&str] = &["kind", "name", "token_file", "role_arn", "session_name"];
@@ -376,23 +303,6 @@ const IMDS_KEYS: &[&str] = &[
     "min_remaining",
     "hop_limit",
 ];
-const ROLE_KEYS: &[&str] = &[
-    "name",
-    "kind",
-    "arn",
-    "session_name",
-    "external_id",
-    "duration",
-    "tags",
-    "transitive_tag_keys",
-    "policy_arns",
-    "policy",
-    "source_identity",
-    "token_files",
-    "tokens",
-    "prefetch",
-];
-
 // === loading ===
 
 /// Collects problems while parsing, so that every one is reported.
@@ -496,7 +406,13 @@ impl Config {
             .map(|raw| build_listener(&mut p, "ecs", raw, DEFAULT_ECS_LISTEN));
         let admin = section::<RawListener>(&mut p, &table, "admin", LISTENER_KEYS)
             .map(|raw| build_listener(&mut p, "admin", raw, DEFAULT_ADMIN_LISTEN));
-        let roles = build_roles(&mut p, table.get("role"), refresh.as_ref(), ctx);
+        let roles = role::build_roles(
+            &mut p,
+            table.get("role"),
+            refresh.as_ref(),
+            source.as_ref(),
+            ctx,
+        );
         let imds = match table.get("imds") {
             None => None,
             Some(v) => deserialize_known::<RawImds>(&mut p, Scope::Table("imds"), v, IMDS_KEYS)
@@ -937,324 +853,9 @@ fn build_imds(
     })
 }
 
-fn build_roles(
-    p: &mut Problems,
-    raw: Option<&toml::Value>,
-    refresh: Option<&RefreshConfig>,
-    ctx: &LoadContext,
-) -> Vec<Arc<RoleConfig>> {
-    let Some(raw) = raw else {
-        p.error(
-            Scope::File,
-            Some("role"),
-            "no [[role]] configured; the broker would have nothing to serve",
-        );
-        return Vec::new();
-    };
-    let Some(entries) = raw.as_array() else {
-        p.error(
-            Scope::File,
-            Some("role"),
-            "must be an array of tables, written [[role]]",
-        );
-        return Vec::new();
-    };
-    let mut roles = Vec::new();
-    let mut seen = HashSet::new();
-    for (i, entry) in entries.iter().enumerate() {
-        let label = entry
-            .get("name")
-            .and_then(toml::Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("#{}", i + 1));
-        let scope = Scope::Role(label.clone());
-        let kind = entry
-            .get("kind")
-            .and_then(toml::Value::as_str)
-            .unwrap_or("assume_role");
-        if kind != "assume_role" {
-            p.error(
-                scope,
-                Some("kind"),
-                format!(
-                    "{kind:?} is not supported by this version of sts-broker; use \"assume_role\""
-                ),
-            );
-            continue;
-        }
-        if !seen.insert(label.clone()) {
-            p.error(
-                scope.clone(),
-                Some("name"),
-                "is used by another [[role]]; names must be unique",
-            );
-        }
-        let Some(raw) = deserialize_known::<RawRole>(p, scope, entry, ROLE_KEYS) else {
-            continue;
-        };
-        if let Some(role) = build_role(p, raw, refresh, ctx) {
-            roles.push(Arc::new(role));
-        }
-    }
-    roles
-}
-
-fn build_role(
-    p: &mut Problems,
-    raw: RawRole,
-    refresh: Option<&RefreshConfig>,
-    ctx: &LoadContext,
-) -> Option<RoleConfig> {
-    let errors_before = p.errors.len();
-    let scope = Scope::Role(raw.name.clone());
-    let err = |p: &mut Problems, key: &str, why: String| p.error(scope.clone(), Some(key), why);
-
-    if let Err(why) = check_role_name(&raw.name) {
-        err(p, "name", why);
-    }
-    let account_id = match check_role_arn(&raw.arn) {
-        Ok(acct) => acct,
-        Err(why) => {
-            err(p, "arn", why);
-            String::new()
-        }
-    };
-    let template = raw.session_name.as_deref().unwrap_or(DEFAULT_SESSION_NAME);
-    let session_name = expand_session_name(template, &ctx.hostname);
-    if let Err(why) = check_session_name(&session_name) {
-        err(p, "session_name", why);
-    }
-    let external_id = raw.external_id.map(Secret::new);
-    if let Some(x) = &external_id
-        && let Err(why) = check_external_id(x.expose())
-    {
-        err(p, "external_id", why);
-    }
-    let duration = p
-        .duration(&scope, "duration", raw.duration.as_deref())
-        .unwrap_or(DEFAULT_DURATION);
-    if !(MIN_ROLE_DURATION..=MAX_ROLE_DURATION).contains(&duration) {
-        err(
-            p,
-            "duration",
-            format!(
-                "{} is outside what AssumeRole accepts (15m..12h)",
-                humantime::format_duration(duration)
-            ),
-        );
-    }
-    if let Some(refresh) = refresh {
-        let lead = refresh.lead.for_lifetime(duration);
-        if lead >= duration {
-            err(
-                p,
-                "duration",
-                format!(
-                    "{} must be longer than [refresh].lead ({}); use a percentage lead such as \"66%\" for short sessions",
-                    humantime::format_duration(duration),
-                    refresh.lead
-                ),
-            );
-        } else if refresh.min_remaining >= lead {
-            err(
-                p,
-                "duration",
-                format!(
-                    "with lead {} this role would be refreshed only when {} remain, below [refresh].min_remaining ({})",
-                    refresh.lead,
-                    humantime::format_duration(lead),
-                    humantime::format_duration(refresh.min_remaining)
-                ),
-            );
-        }
-    }
-
-    if raw.tags.len() > MAX_TAGS {
-        err(
-            p,
-            "tags",
-            format!(
-                "{} session tags; STS accepts at most {MAX_TAGS}",
-                raw.tags.len()
-            ),
-        );
-    }
-    let mut lower_keys = HashSet::new();
-    for (k, v) in &raw.tags {
-        if let Err(why) = check_tag(k, v) {
-            err(p, "tags", why);
-        }
-        if !lower_keys.insert(k.to_lowercase()) {
-            err(
-                p,
-                "tags",
-                format!("tag key {k:?} appears twice (STS compares keys case-insensitively)"),
-            );
-        }
-    }
-    if raw.transitive_tag_keys.len() > MAX_TAGS {
-        err(
-            p,
-            "transitive_tag_keys",
-            format!("at most {MAX_TAGS} keys are accepted"),
-        );
-    }
-    for k in &raw.transitive_tag_keys {
-        if !lower_keys.contains(&k.to_lowercase()) {
-            err(
-                p,
-                "transitive_tag_keys",
-                format!("{k:?} is not one of this role's tags"),
-            );
-        }
-    }
-    if raw.policy_arns.len() > MAX_POLICY_ARNS {
-        err(
-            p,
-            "policy_arns",
-            format!(
-                "{} managed policies; STS accepts at most {MAX_POLICY_ARNS}",
-                raw.policy_arns.len()
-            ),
-        );
-    }
-    for a in &raw.policy_arns {
-        if let Err(why) = check_policy_arn(a) {
-            err(p, "policy_arns", why);
-        }
-    }
-    if let Some(policy) = &raw.policy {
-        let chars = policy.chars().count();
-        if chars > MAX_POLICY_CHARS {
-            err(
-                p,
-                "policy",
-                format!("{chars} characters; STS accepts at most {MAX_POLICY_CHARS}"),
-            );
-        }
-        if let Err(e) = serde_json::from_str::<serde_json::Value>(policy) {
-            err(p, "policy", format!("is not valid JSON: {e}"));
-        }
-    }
-    let plaintext: usize = raw.policy.as_deref().map_or(0, |s| s.chars().count())
-        + raw.policy_arns.iter().map(|a| a.len()).sum::<usize>();
-    if plaintext > MAX_POLICY_CHARS && raw.policy.as_deref().map_or(0, str::len) <= MAX_POLICY_CHARS
-    {
-        err(
-            p,
-            "policy_arns",
-            format!(
-                "policy and policy_arns together are {plaintext} characters; STS accepts at most {MAX_POLICY_CHARS}"
-            ),
-        );
-    }
-    if let Some(si) = &raw.source_identity
-        && let Err(why) = check_source_identity(si)
-    {
-        err(p, "source_identity", why);
-    }
-
-    let tokens = load_tokens(p, &scope, &raw.token_files, raw.tokens);
-
-    if p.errors.len() > errors_before {
-        return None;
-    }
-    Some(RoleConfig {
-        name: raw.name,
-        spec: RoleSpec {
-            arn: raw.arn,
-            account_id,
-            session_name,
-            external_id,
-            duration,
-            tags: raw.tags.into_iter().collect(),
-            transitive_tag_keys: raw.transitive_tag_keys,
-            policy_arns: raw.policy_arns,
-            policy: raw.policy,
-            source_identity: raw.source_identity,
-            prefetch: raw.prefetch,
-        },
-        tokens,
-        token_files: raw.token_files,
-    })
-}
-
-/// Reads the token files (trailing whitespace trimmed) and adds the inline tokens.
-/// Messages describe tokens by file and position, never by value.
-fn load_tokens(
-    p: &mut Problems,
-    scope: &Scope,
-    files: &[PathBuf],
-    inline: Vec<String>,
-) -> Vec<Secret> {
-    let mut tokens = Vec::new();
-    for f in files {
-        let meta = match std::fs::metadata(f) {
-            Ok(m) => m,
-            Err(e) => {
-                p.error(
-                    scope.clone(),
-                    Some("token_files"),
-                    format!("cannot read {}: {e}", f.display()),
-                );
-                continue;
-            }
-        };
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            p.warn(
-                scope,
-                "token_files",
-                format_args!(
-                    "{} is accessible to group/others (mode {mode:04o}); chmod 600 it",
-                    f.display()
-                ),
-            );
-        }
-        match std::fs::read_to_string(f) {
-            Ok(text) => {
-                let token = Secret::new(text.trim_end().to_string());
-                if let Err(why) = check_token(&token) {
-                    p.error(
-                        scope.clone(),
-                        Some("token_files"),
-                        format!("{}: {why}", f.display()),
-                    );
-                } else {
-                    tokens.push(token);
-                }
-            }
-            Err(e) => p.error(
-                scope.clone(),
-                Some("token_files"),
-                format!("cannot read {}: {e}", f.display()),
-            ),
-        }
-    }
-    if !inline.is_empty() {
-        p.warn(
-            scope,
-            "tokens",
-            "inline tokens are readable by anyone who can read the config; prefer token_files",
-        );
-    }
-    for (i, t) in inline.into_iter().enumerate() {
-        let token = Secret::new(t);
-        match check_token(&token) {
-            Ok(()) => tokens.push(token),
-            Err(why) => p.error(
-                scope.clone(),
-                Some("tokens"),
-                format!("token #{}: {why}", i + 1),
-            ),
-        }
-    }
-    tokens
-}
-
 // === single-value checks (pure, unit-tested) ===
 
-fn is_word(c: char) -> bool {
+pub(crate) fn is_word(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
 }
 
@@ -1400,21 +1001,6 @@ pub fn check_tag(key: &str, value: &str) -> Result<(), String> {
     }
     if key.to_ascii_lowercase().starts_with("aws:") {
         return Err(format!("tag key {key:?} must not start with \"aws:\""));
-    }
-    Ok(())
-}
-
-/// A client token must fit in an HTTP header as is.
-fn check_token(token: &Secret) -> Result<(), String> {
-    let t = token.expose();
-    if t.is_empty() {
-        return Err("the token is empty".to_string());
-    }
-    if !t.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-        return Err(format!(
-            "the token ({} bytes) contains spaces or characters an HTTP header cannot carry",
-            t.len()
-        ));
     }
     Ok(())
 }

@@ -255,28 +255,49 @@ impl Broker {
     }
 
     /// Makes the snapshot match `config.roles`: keeps the slot (and cached credentials) of
-    /// every role whose spec is unchanged, starts new and changed roles, stops removed ones.
+    /// every role whose spec — and source role, when chained — is unchanged, starts new and
+    /// changed roles, stops removed ones. Source roles are placed before the roles chained
+    /// from them (the config has no cycles).
     async fn apply_roles(&self, config: &Arc<Config>, old: &HashMap<String, Arc<RoleSlot>>) {
-        let mut roles = HashMap::new();
+        let mut roles: HashMap<String, Arc<RoleSlot>> = HashMap::new();
         let mut tasks = self.role_tasks.lock().await;
-        for role in &config.roles {
-            let slot = match old.get(&role.name) {
-                Some(slot) if slot.config.spec == role.spec => Arc::clone(slot),
-                _ => {
-                    let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-                    let slot = RoleSlot::new(Arc::clone(role), generation);
-                    let stop = self.refresh_stop.child_token();
-                    tasks.insert(slot.key.clone(), stop.clone());
-                    self.refreshers.spawn(refresh::role_loop(
-                        Arc::clone(&self.cache),
-                        Arc::clone(&slot),
-                        Arc::clone(&self.config),
-                        stop,
-                    ));
-                    slot
-                }
-            };
-            roles.insert(role.name.clone(), slot);
+        let mut pending: Vec<&Arc<config::RoleConfig>> = config.roles.iter().collect();
+        while !pending.is_empty() {
+            let (ready, waiting): (Vec<_>, Vec<_>) = pending
+                .into_iter()
+                .partition(|r| r.spec.source_role().is_none_or(|b| roles.contains_key(b)));
+            assert!(
+                !ready.is_empty(),
+                "validated configs have no source_role cycles"
+            );
+            pending = waiting;
+            for role in ready {
+                let base = role.spec.source_role().and_then(|b| roles.get(b)).cloned();
+                let same_base = |slot: &RoleSlot| match (&slot.base, &base) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    _ => false,
+                };
+                let slot = match old.get(&role.name) {
+                    Some(slot) if slot.config.spec == role.spec && same_base(slot) => {
+                        Arc::clone(slot)
+                    }
+                    _ => {
+                        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+                        let slot = RoleSlot::new(Arc::clone(role), generation, base);
+                        let stop = self.refresh_stop.child_token();
+                        tasks.insert(slot.key.clone(), stop.clone());
+                        self.refreshers.spawn(refresh::role_loop(
+                            Arc::clone(&self.cache),
+                            Arc::clone(&slot),
+                            Arc::clone(&self.config),
+                            stop,
+                        ));
+                        slot
+                    }
+                };
+                roles.insert(role.name.clone(), slot);
+            }
         }
         for (name, slot) in old {
             if roles.get(name).is_some_and(|s| Arc::ptr_eq(s, slot)) {

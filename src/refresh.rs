@@ -18,11 +18,12 @@ use rand::Rng;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{CredentialCache, Fetch, RoleSlot};
+use crate::cache::{CacheError, CredentialCache, Fetch, RoleSlot};
 use crate::config::{Config, RefreshConfig};
 use crate::creds::{Credentials, ErrorClass, FetchError};
 use crate::metrics::Metrics;
-use crate::sts::{API_ASSUME_ROLE, Sts};
+use crate::source;
+use crate::sts::Sts;
 
 /// When to refresh credentials issued at `issued` that expire at `expiration`.
 ///
@@ -113,7 +114,7 @@ pub fn fetcher(
     config: Arc<ArcSwap<Config>>,
     metrics: Arc<Metrics>,
 ) -> Fetch {
-    Arc::new(move |slot: Arc<RoleSlot>| {
+    Arc::new(move |cache: Arc<CredentialCache>, slot: Arc<RoleSlot>| {
         let upstream = upstream.load_full();
         let config = config.load_full();
         let metrics = Arc::clone(&metrics);
@@ -127,14 +128,41 @@ pub fn fetcher(
             if let Some(e) = gated {
                 return Err(e);
             }
-            upstream.limiter.acquire().await;
-            let started = Instant::now();
-            let result = upstream
-                .sts
-                .assume_role(&slot.config)
-                .await
-                .and_then(|c| check_lifetime(c, config.refresh.min_remaining));
-            metrics.observe_sts_call(role, API_ASSUME_ROLE, &result, started.elapsed());
+            let api = Sts::api_for(&slot.config.spec.kind);
+            let result = async {
+                // Role chaining: the source role's current credentials (single-flight
+                // through the cache when it has none yet) sign this call.
+                let signer = match &slot.base {
+                    Some(base) => {
+                        let wait = config.sts.timeout * 2 + Duration::from_secs(1);
+                        let served = cache.get(base, wait).await.map_err(|e| match e {
+                            CacheError::Fetch(f) => FetchError::new(
+                                f.class,
+                                f.code,
+                                format!("source role {:?}: {}", base.config.name, f.message),
+                            ),
+                            CacheError::TimedOut => FetchError::new(
+                                ErrorClass::Transient,
+                                None,
+                                format!("source role {:?} did not get credentials in time", base.config.name),
+                            ),
+                        })?;
+                        Some(served.credentials.clone())
+                    }
+                    None => None,
+                };
+                let inputs = source::gather_inputs(&slot.config, signer).await?;
+                upstream.limiter.acquire().await;
+                let started = Instant::now();
+                let result = upstream
+                    .sts
+                    .obtain(&slot.config, inputs)
+                    .await
+                    .and_then(|c| check_lifetime(c, config.refresh.min_remaining));
+                metrics.observe_sts_call(role, api, &result, started.elapsed());
+                result
+            }
+            .await;
             let now = SystemTime::now();
             match &result {
                 Ok(c) => {

@@ -19,12 +19,15 @@ use aws_sdk_sts::config::http::HttpResponse;
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::types::Tag;
 
-use crate::config::{RoleConfig, StsConfig};
+use crate::config::{RoleConfig, RoleKind, StsConfig};
 use crate::creds::{Credentials, ErrorClass, FetchError, Secret};
 
 /// STS API names, used as the `api` metric label.
 pub const API_ASSUME_ROLE: &str = "AssumeRole";
 pub const API_ASSUME_ROLE_WITH_WEB_IDENTITY: &str = "AssumeRoleWithWebIdentity";
+pub const API_GET_SESSION_TOKEN: &str = "GetSessionToken";
+pub const API_GET_FEDERATION_TOKEN: &str = "GetFederationToken";
+pub const API_ASSUME_ROLE_WITH_SAML: &str = "AssumeRoleWithSAML";
 
 /// An STS client for one `[sts]` + `[source]` configuration.
 #[derive(Clone, Debug)]
@@ -79,51 +82,167 @@ impl Sts {
         })
     }
 
-    /// AssumeRole with every parameter the role configures.
+    /// The API name (metric label) a role's kind calls.
+    pub fn api_for(kind: &RoleKind) -> &'static str {
+        match kind {
+            RoleKind::AssumeRole { .. } => API_ASSUME_ROLE,
+            RoleKind::WebIdentity { .. } => API_ASSUME_ROLE_WITH_WEB_IDENTITY,
+            RoleKind::SessionToken { .. } => API_GET_SESSION_TOKEN,
+            RoleKind::FederationToken { .. } => API_GET_FEDERATION_TOKEN,
+            RoleKind::Saml { .. } => API_ASSUME_ROLE_WITH_SAML,
+        }
+    }
+
+    /// A client like this one that signs with `creds` (role chaining: the source role's
+    /// credentials). No identity cache: the credentials are already at hand.
+    fn signing_with(&self, creds: &Credentials) -> aws_sdk_sts::Client {
+        let provider = aws_credential_types::Credentials::new(
+            creds.access_key_id.clone(),
+            creds.secret_access_key.expose(),
+            Some(creds.session_token.expose().to_string()),
+            Some(creds.expiration),
+            "sts-broker-source-role",
+        );
+        let conf = self
+            .client
+            .config()
+            .to_builder()
+            .credentials_provider(provider)
+            .identity_cache(aws_sdk_sts::config::IdentityCache::no_cache())
+            .build();
+        aws_sdk_sts::Client::from_conf(conf)
+    }
+
+    /// Obtains credentials for `role` with the STS API of its kind.
     ///
     /// # Errors
     /// A classified [`FetchError`]; its message is safe to log and to send to clients.
-    pub async fn assume_role(&self, role: &RoleConfig) -> Result<Credentials, FetchError> {
+    pub async fn obtain(
+        &self,
+        role: &RoleConfig,
+        inputs: CallInputs,
+    ) -> Result<Credentials, FetchError> {
         let spec = &role.spec;
-        let tags = spec
-            .tags
-            .iter()
-            .map(|(k, v)| Tag::builder().key(k).value(v).build())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| FetchError::new(ErrorClass::InvalidConfig, None, e.to_string()))?;
-        let policy_arns = spec
-            .policy_arns
-            .iter()
-            .map(|a| {
-                aws_sdk_sts::types::PolicyDescriptorType::builder()
-                    .arn(a)
-                    .build()
-            })
-            .collect::<Vec<_>>();
-        let out = self
-            .client
-            .assume_role()
-            .role_arn(&spec.arn)
-            .role_session_name(&spec.session_name)
-            .set_external_id(spec.external_id.as_ref().map(|x| x.expose().to_string()))
-            .duration_seconds(i32::try_from(spec.duration.as_secs()).unwrap_or(i32::MAX))
-            .set_tags((!tags.is_empty()).then_some(tags))
-            .set_transitive_tag_keys(
-                (!spec.transitive_tag_keys.is_empty()).then(|| spec.transitive_tag_keys.clone()),
+        let duration = i32::try_from(spec.duration.as_secs()).unwrap_or(i32::MAX);
+        let policy_arns = policy_descriptors(&spec.policy_arns);
+        let arn = spec.arn.clone().unwrap_or_default();
+        let session_name = spec.session_name.clone().unwrap_or_default();
+        let missing = |what: &str| {
+            FetchError::new(
+                ErrorClass::InvalidConfig,
+                None,
+                format!("internal: no {what} gathered for role {:?}", role.name),
             )
-            .set_policy_arns((!policy_arns.is_empty()).then_some(policy_arns))
-            .set_policy(spec.policy.clone())
-            .set_source_identity(spec.source_identity.clone())
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
-        convert(
-            out.credentials(),
-            out.assumed_role_user().map(|u| u.arn().to_string()),
-        )
+        };
+        match &spec.kind {
+            RoleKind::AssumeRole {
+                external_id,
+                tags,
+                transitive_tag_keys,
+                source_identity,
+                ..
+            } => {
+                let chained;
+                let client = match &inputs.signer {
+                    Some(creds) => {
+                        chained = self.signing_with(creds);
+                        &chained
+                    }
+                    None => &self.client,
+                };
+                let out = client
+                    .assume_role()
+                    .role_arn(arn)
+                    .role_session_name(session_name)
+                    .set_external_id(external_id.as_ref().map(|x| x.expose().to_string()))
+                    .duration_seconds(duration)
+                    .set_tags(session_tags(tags)?)
+                    .set_transitive_tag_keys(
+                        (!transitive_tag_keys.is_empty()).then(|| transitive_tag_keys.clone()),
+                    )
+                    .set_policy_arns(policy_arns)
+                    .set_policy(spec.policy.clone())
+                    .set_source_identity(source_identity.clone())
+                    .send()
+                    .await
+                    .map_err(|e| classify(&e))?;
+                convert(
+                    out.credentials(),
+                    out.assumed_role_user().map(|u| u.arn().to_string()),
+                )
+            }
+            RoleKind::WebIdentity { .. } => {
+                let token = inputs
+                    .web_identity_token
+                    .ok_or_else(|| missing("web identity token"))?;
+                let out = self
+                    .client
+                    .assume_role_with_web_identity()
+                    .role_arn(arn)
+                    .role_session_name(session_name)
+                    .web_identity_token(token.expose())
+                    .duration_seconds(duration)
+                    .set_policy_arns(policy_arns)
+                    .set_policy(spec.policy.clone())
+                    .send()
+                    .await
+                    .map_err(|e| classify(&e))?;
+                convert(
+                    out.credentials(),
+                    out.assumed_role_user().map(|u| u.arn().to_string()),
+                )
+            }
+            RoleKind::SessionToken { mfa } => {
+                let mut call = self.client.get_session_token().duration_seconds(duration);
+                if let Some(mfa) = mfa {
+                    let code = inputs.mfa_code.ok_or_else(|| missing("MFA code"))?;
+                    call = call.serial_number(&mfa.serial).token_code(code.expose());
+                }
+                let out = call.send().await.map_err(|e| classify(&e))?;
+                convert(out.credentials(), None)
+            }
+            RoleKind::FederationToken { name, tags } => {
+                let out = self
+                    .client
+                    .get_federation_token()
+                    .name(name)
+                    .duration_seconds(duration)
+                    .set_tags(session_tags(tags)?)
+                    .set_policy_arns(policy_arns)
+                    .set_policy(spec.policy.clone())
+                    .send()
+                    .await
+                    .map_err(|e| classify(&e))?;
+                convert(
+                    out.credentials(),
+                    out.federated_user().map(|u| u.arn().to_string()),
+                )
+            }
+            RoleKind::Saml { principal_arn, .. } => {
+                let assertion = inputs
+                    .saml_assertion
+                    .ok_or_else(|| missing("SAML assertion"))?;
+                let out = self
+                    .client
+                    .assume_role_with_saml()
+                    .role_arn(arn)
+                    .principal_arn(principal_arn)
+                    .saml_assertion(assertion.expose())
+                    .duration_seconds(duration)
+                    .set_policy_arns(policy_arns)
+                    .set_policy(spec.policy.clone())
+                    .send()
+                    .await
+                    .map_err(|e| classify(&e))?;
+                convert(
+                    out.credentials(),
+                    out.assumed_role_user().map(|u| u.arn().to_string()),
+                )
+            }
+        }
     }
 
-    /// AssumeRoleWithWebIdentity (unsigned) with a token read by the caller.
+    /// AssumeRoleWithWebIdentity (unsigned) for the broker's own `[source]`.
     ///
     /// # Errors
     /// A classified [`FetchError`].
@@ -147,6 +266,39 @@ impl Sts {
             out.assumed_role_user().map(|u| u.arn().to_string()),
         )
     }
+}
+
+/// What a call presents besides the role's config, gathered fresh for every call.
+#[derive(Debug, Default)]
+pub struct CallInputs {
+    /// Role chaining: sign with the source role's credentials instead of `[source]`.
+    pub signer: Option<Credentials>,
+    pub web_identity_token: Option<Secret>,
+    pub mfa_code: Option<Secret>,
+    pub saml_assertion: Option<Secret>,
+}
+
+fn policy_descriptors(arns: &[String]) -> Option<Vec<aws_sdk_sts::types::PolicyDescriptorType>> {
+    (!arns.is_empty()).then(|| {
+        arns.iter()
+            .map(|a| {
+                aws_sdk_sts::types::PolicyDescriptorType::builder()
+                    .arn(a)
+                    .build()
+            })
+            .collect()
+    })
+}
+
+fn session_tags(tags: &[(String, String)]) -> Result<Option<Vec<Tag>>, FetchError> {
+    if tags.is_empty() {
+        return Ok(None);
+    }
+    tags.iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+        .map_err(|e| FetchError::new(ErrorClass::InvalidConfig, None, e.to_string()))
 }
 
 /// SDK credentials → ours. Empty fields are an error: empty credentials are never served.

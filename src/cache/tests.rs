@@ -26,7 +26,7 @@ fn creds(n: usize, lifetime: Duration) -> Credentials {
 
 /// A fetch that counts calls, takes `delay`, and issues credentials living `lifetime`.
 fn counting_fetch(calls: Arc<AtomicUsize>, delay: Duration, lifetime: Duration) -> Fetch {
-    Arc::new(move |_slot| {
+    Arc::new(move |_cache, _slot| {
         let calls = Arc::clone(&calls);
         async move {
             let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
@@ -49,7 +49,7 @@ async fn concurrent_cold_requests_share_one_fetch() {
         Duration::from_secs(60),
         100,
     );
-    let slot = RoleSlot::new(role(), 1);
+    let slot = RoleSlot::new(role(), 1, None);
     let barrier = Arc::new(tokio::sync::Barrier::new(64));
     let mut tasks = Vec::new();
     for _ in 0..64 {
@@ -83,7 +83,7 @@ async fn a_cancelled_waiter_does_not_cancel_the_fetch() {
         Duration::from_secs(60),
         100,
     );
-    let slot = RoleSlot::new(role(), 1);
+    let slot = RoleSlot::new(role(), 1, None);
     // The first waiter gives up (client disconnect / timeout) …
     assert_eq!(
         cache
@@ -133,7 +133,7 @@ async fn credentials_below_min_remaining_are_not_served() {
         Duration::from_secs(1),
         100,
     );
-    let slot = RoleSlot::new(role(), 1);
+    let slot = RoleSlot::new(role(), 1, None);
     cache.get(&slot, Duration::from_secs(1)).await.unwrap();
     assert!(cache.peek(&slot.key).await.is_some());
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -158,7 +158,7 @@ async fn force_refresh_replaces_the_entry() {
         Duration::from_secs(60),
         100,
     );
-    let slot = RoleSlot::new(role(), 1);
+    let slot = RoleSlot::new(role(), 1, None);
     let first = cache.get(&slot, Duration::from_secs(1)).await.unwrap();
     let second = cache.force_refresh(&slot).await.unwrap();
     assert_ne!(first.access_key_id, second.access_key_id);
@@ -171,7 +171,7 @@ async fn force_refresh_replaces_the_entry() {
 async fn fetch_errors_reach_every_waiter_and_nothing_is_cached() {
     let calls = Arc::new(AtomicUsize::new(0));
     let c2 = Arc::clone(&calls);
-    let fetch: Fetch = Arc::new(move |_slot| {
+    let fetch: Fetch = Arc::new(move |_cache, _slot| {
         let calls = Arc::clone(&c2);
         async move {
             calls.fetch_add(1, Ordering::SeqCst);
@@ -185,7 +185,7 @@ async fn fetch_errors_reach_every_waiter_and_nothing_is_cached() {
         .boxed()
     });
     let cache = CredentialCache::new(fetch, Duration::from_secs(60), 100);
-    let slot = RoleSlot::new(role(), 1);
+    let slot = RoleSlot::new(role(), 1, None);
     let (a, b) = tokio::join!(
         cache.get(&slot, Duration::from_secs(2)),
         cache.get(&slot, Duration::from_secs(2))

@@ -1,4 +1,6 @@
 use super::*;
+use crate::creds::Secret;
+use std::os::unix::fs::PermissionsExt;
 
 fn ctx() -> LoadContext {
     LoadContext {
@@ -78,11 +80,11 @@ prefetch = false
     assert_eq!(c.ecs.listen.len(), 2);
     assert_eq!(c.ecs.allowed_hosts, vec!["broker.internal".to_string()]);
     let r = &c.roles[0];
-    assert_eq!(r.spec.account_id, "123456789012");
-    assert_eq!(r.spec.session_name, "app-node-1");
+    assert_eq!(r.spec.account_id.as_deref(), Some("123456789012"));
+    assert_eq!(r.spec.session_name.as_deref(), Some("app-node-1"));
     assert_eq!(r.spec.duration, Duration::from_secs(7200));
     assert_eq!(
-        r.spec.tags,
+        r.spec.tags(),
         vec![
             ("env".to_string(), "prod".to_string()),
             ("team".to_string(), "payments".to_string())
@@ -106,8 +108,11 @@ fn defaults_apply() {
     assert_eq!(c.refresh.min_remaining, DEFAULT_MIN_REMAINING);
     assert_eq!(c.ecs.listen, vec!["127.0.0.1:8170".parse().unwrap()]);
     assert_eq!(c.admin.listen, vec!["127.0.0.1:9469".parse().unwrap()]);
-    assert_eq!(c.roles[0].spec.session_name, "sts-broker-node-1");
-    assert_eq!(c.roles[0].spec.duration, DEFAULT_DURATION);
+    assert_eq!(
+        c.roles[0].spec.session_name.as_deref(),
+        Some("sts-broker-node-1")
+    );
+    assert_eq!(c.roles[0].spec.duration, Duration::from_secs(3600));
     assert!(c.roles[0].spec.prefetch);
 }
 

@@ -277,12 +277,13 @@ fn info(snap: &Snapshot, imds: &ImdsConfig, now: SystemTime) -> Response<Body> {
         return text(StatusCode::NOT_FOUND, "not found");
     };
     let spec = &slot.config.spec;
-    let role_name = spec.arn.rsplit('/').next().unwrap_or(&imds.role);
-    let partition = spec.arn.split(':').nth(1).unwrap_or("aws");
-    let profile_arn = format!(
-        "arn:{partition}:iam::{}:instance-profile/{role_name}",
-        spec.account_id
-    );
+    // Only role kinds have an instance profile to show.
+    let (Some(arn), Some(account)) = (&spec.arn, &spec.account_id) else {
+        return text(StatusCode::NOT_FOUND, "not found");
+    };
+    let role_name = arn.rsplit('/').next().unwrap_or(&imds.role);
+    let partition = arn.split(':').nth(1).unwrap_or("aws");
+    let profile_arn = format!("arn:{partition}:iam::{account}:instance-profile/{role_name}");
     // A stable ID in the shape IAM uses for instance profiles (AIPA + 17 characters).
     let digest = <sha2::Sha256 as sha2::Digest>::digest(profile_arn.as_bytes());
     let id: String = hex::encode_upper(&digest[..9]).chars().take(17).collect();

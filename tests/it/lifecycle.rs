@@ -256,7 +256,7 @@ fn check_prints_a_summary_without_secrets() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("config OK: 1 role(s)"), "{out}");
     assert!(
-        out.contains("role \"app\": arn:aws:iam::123456789012:role/app"),
+        out.contains("role \"app\": kind assume_role arn:aws:iam::123456789012:role/app"),
         "{out}"
     );
     assert!(
