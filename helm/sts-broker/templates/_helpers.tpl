@@ -79,11 +79,11 @@ Validates the values once; every template that renders something includes it.
 {{- fail (printf "mode must be \"sidecar\" or \"daemonset\", not %q" (toString .Values.mode)) }}
 {{- end }}
 {{- if not .Values.roles }}
-{{- fail "roles: configure at least one role (name and arn), see values.yaml" }}
+{{- fail "roles: configure at least one role (name, arn, ...), see values.yaml" }}
 {{- end }}
 {{- range $i, $r := .Values.roles }}
-{{- if not (and (kindIs "map" $r) $r.name $r.arn) }}
-{{- fail (printf "roles[%d]: every role needs a name and an arn" $i) }}
+{{- if not (and (kindIs "map" $r) $r.name) }}
+{{- fail (printf "roles[%d]: every role needs a name (and what its kind needs: arn, ...)" $i) }}
 {{- end }}
 {{- if not (regexMatch "^[A-Za-z0-9_.-]{1,64}$" $r.name) }}
 {{- fail (printf "roles[%d]: name %q must be 1..64 of [A-Za-z0-9_.-]" $i $r.name) }}
