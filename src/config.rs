@@ -55,6 +55,8 @@ pub struct Config {
     pub admin: ListenerConfig,
     /// The IMDSv2-compatible listener; `None` when there is no `[imds]` table.
     pub imds: Option<ImdsConfig>,
+    /// The audit trail file; `None` when there is no `[audit]` table.
+    pub audit: Option<AuditConfig>,
     pub roles: Vec<Arc<RoleConfig>>,
     /// Problems that do not stop the broker (loose token file modes, roles nobody can fetch).
     pub warnings: Vec<String>,
@@ -137,6 +139,12 @@ pub struct ListenerConfig {
     pub listen: Vec<SocketAddr>,
     /// Host names accepted besides IP literals and `localhost` (DNS-rebinding defence).
     pub allowed_hosts: Vec<String>,
+}
+
+/// `[audit]`: where the JSON-lines audit trail goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditConfig {
+    pub path: PathBuf,
 }
 
 /// `[imds]`: an IMDSv2-compatible listener exposing one role as the "instance profile".
@@ -272,6 +280,12 @@ struct RawListener {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawImds {
     listen: Option<OneOrMany>,
     #[serde(default)]
@@ -283,7 +297,10 @@ struct RawImds {
     hop_limit: Option<u32>,
 }
 
-const TOP_LEVEL_TABLES: &[&str] = &["sts", "source", "refresh", "ecs", "admin", "imds", "role"];
+const TOP_LEVEL_TABLES: &[&str] = &[
+    "sts", "source", "refresh", "ecs", "admin", "imds", "audit", "role",
+];
+const AUDIT_KEYS: &[&str] = &["path"];
 const STS_KEYS: &[&str] = &["region", "endpoint", "timeout", "max_calls_per_second"];
 const SOURCE_KEYS: &[&str] = &["kind", "name", "token_file", "role_arn", "session_name"];
 const REFRESH_KEYS: &[&str] = &[
@@ -382,17 +399,14 @@ impl Config {
         };
         for key in table.keys() {
             if !TOP_LEVEL_TABLES.contains(&key.as_str()) {
-                let why = match key.as_str() {
-                    "audit" => format!(
-                        "[{key}] is not supported by this version of sts-broker ({})",
-                        env!("CARGO_PKG_VERSION")
-                    ),
-                    _ => format!(
+                p.error(
+                    Scope::File,
+                    Some(key),
+                    format!(
                         "unknown table or key; expected one of {}",
                         TOP_LEVEL_TABLES.join(", ")
                     ),
-                };
-                p.error(Scope::File, Some(key), why);
+                );
             }
         }
 
@@ -418,6 +432,11 @@ impl Config {
             Some(v) => deserialize_known::<RawImds>(&mut p, Scope::Table("imds"), v, IMDS_KEYS)
                 .and_then(|raw| build_imds(&mut p, raw, &roles, refresh.as_ref())),
         };
+        let audit = match table.get("audit") {
+            None => None,
+            Some(v) => deserialize_known::<RawAudit>(&mut p, Scope::Table("audit"), v, AUDIT_KEYS)
+                .and_then(|raw| build_audit(&mut p, raw)),
+        };
         // IMDS serves its role without ECS tokens; any other role without tokens is unreachable.
         for r in &roles {
             let is_imds_role = imds.as_ref().is_some_and(|i| i.role == r.name);
@@ -442,6 +461,7 @@ impl Config {
                     ecs,
                     admin,
                     imds,
+                    audit,
                     roles,
                     warnings: p.warnings,
                 })
@@ -764,6 +784,29 @@ fn build_listener(
         listen,
         allowed_hosts,
     }
+}
+
+fn build_audit(p: &mut Problems, raw: RawAudit) -> Option<AuditConfig> {
+    let Some(path) = raw.path.filter(|p| !p.as_os_str().is_empty()) else {
+        p.error(
+            Scope::Table("audit"),
+            Some("path"),
+            "required: the audit trail file",
+        );
+        return None;
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        p.error(
+            Scope::Table("audit"),
+            Some("path"),
+            format!("the directory {} does not exist", dir.display()),
+        );
+    }
+    Some(AuditConfig { path })
 }
 
 fn build_imds(

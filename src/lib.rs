@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod cache;
 pub mod commands;
 pub mod config;
@@ -65,6 +66,11 @@ pub enum StartError {
     },
     #[error("cannot set up STS: {0}")]
     Sts(String),
+    #[error("cannot open the audit trail {path}: {source}")]
+    Audit {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Why a reload was not applied. The old configuration keeps serving in every case.
@@ -97,6 +103,7 @@ pub struct Broker {
     ecs_addrs: Vec<SocketAddr>,
     admin_addrs: Vec<SocketAddr>,
     imds_addrs: Vec<SocketAddr>,
+    audit: Option<audit::AuditLog>,
 }
 
 impl Broker {
@@ -128,6 +135,17 @@ impl Broker {
         }
 
         let sts = source::build_sts(&config).await.map_err(StartError::Sts)?;
+        let audit = match &config.audit {
+            Some(a) => Some(
+                audit::AuditLog::open(&a.path, Arc::clone(&metrics))
+                    .await
+                    .map_err(|source| StartError::Audit {
+                        path: a.path.clone(),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
         let upstream = Arc::new(ArcSwap::from_pointee(Upstream {
             sts,
             limiter: RateLimiter::new(config.sts.max_calls_per_second),
@@ -162,6 +180,7 @@ impl Broker {
             ecs_addrs: local_addrs(&ecs_listeners),
             admin_addrs: local_addrs(&admin_listeners),
             imds_addrs: local_addrs(&imds_listeners),
+            audit,
         };
         broker.apply_roles(&current, &HashMap::new()).await;
 
@@ -169,6 +188,7 @@ impl Broker {
             state: Arc::clone(&broker.state),
             cache: Arc::clone(&broker.cache),
             metrics: Arc::clone(&broker.metrics),
+            audit: broker.audit.clone(),
         });
         for l in ecs_listeners {
             let ctx = Arc::clone(&ecs_ctx);
@@ -181,6 +201,7 @@ impl Broker {
             cache: Arc::clone(&broker.cache),
             metrics: Arc::clone(&broker.metrics),
             signer: imds::TokenSigner::generate(),
+            audit: broker.audit.clone(),
         });
         for l in imds_listeners {
             let ctx = Arc::clone(&imds_ctx);
@@ -344,6 +365,11 @@ impl Broker {
         if new.admin.listen != current.admin.listen {
             return Err(ReloadError::Rejected("[admin].listen"));
         }
+        if new.audit != current.audit {
+            return Err(ReloadError::Rejected(
+                "[audit] (adding, removing or moving the trail)",
+            ));
+        }
         let imds_listen = |c: &Config| {
             c.imds
                 .as_ref()
@@ -373,6 +399,13 @@ impl Broker {
         Ok(())
     }
 
+    /// Reopens the audit trail file (SIGHUP after logrotate moved it away).
+    pub async fn reopen_audit(&self) {
+        if let Some(a) = &self.audit {
+            a.reopen().await;
+        }
+    }
+
     /// Stops accepting, lets open requests finish (bounded by [`SHUTDOWN_GRACE`]) and stops
     /// the refresh tasks.
     pub async fn shutdown(self) {
@@ -385,6 +418,9 @@ impl Broker {
             self.refreshers.wait().await;
         })
         .await;
+        if let Some(a) = &self.audit {
+            a.close().await;
+        }
         tracing::info!("stopped");
     }
 }

@@ -110,7 +110,13 @@ fn main() -> ExitCode {
                 }
             }
         }),
-        Command::Serve(_) => runtime().block_on(serve(config, ctx)),
+        Command::Serve(_) => {
+            let rt = runtime();
+            let code = rt.block_on(serve(config, ctx));
+            // A write stuck on a dead disk (audit trail) must not keep the process alive.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            code
+        }
     }
 }
 
@@ -155,6 +161,7 @@ async fn serve(config: Config, ctx: LoadContext) -> ExitCode {
             };
             match control {
                 Control::Reload => {
+                    broker.reopen_audit().await;
                     let Some(path) = &path else { continue };
                     let result = match Config::load(path, &ctx) {
                         Ok(new) => broker.reload(new).await,

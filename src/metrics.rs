@@ -14,6 +14,7 @@
 //! | `sts_broker_refresh_consecutive_failures` | gauge | role |
 //! | `sts_broker_config_reloads_total` | counter | outcome (ok, error, rejected) |
 //! | `sts_broker_ready` | gauge | — |
+//! | `sts_broker_audit_records_total` | counter | outcome (written, dropped) |
 
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ pub struct Metrics {
     failures: IntGaugeVec,
     reloads: IntCounterVec,
     ready: IntGauge,
+    audit: IntCounterVec,
 }
 
 const NS: &str = "sts_broker";
@@ -101,6 +103,15 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let audit = IntCounterVec::new(
+            Opts::new(
+                "audit_records_total",
+                "Audit records by outcome (written, or dropped because the writer fell behind)",
+            )
+            .namespace(NS),
+            &["outcome"],
+        )
+        .expect("valid metric");
         let ready = IntGauge::with_opts(
             Opts::new(
                 "ready",
@@ -118,6 +129,7 @@ impl Metrics {
             Box::new(failures.clone()),
             Box::new(reloads.clone()),
             Box::new(ready.clone()),
+            Box::new(audit.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -134,7 +146,18 @@ impl Metrics {
             failures,
             reloads,
             ready,
+            audit,
         }
+    }
+
+    /// Counts an audit record written to the file.
+    pub fn observe_audit_written(&self) {
+        self.audit.with_label_values(&["written"]).inc();
+    }
+
+    /// Counts an audit record dropped because the queue was full.
+    pub fn observe_audit_dropped(&self) {
+        self.audit.with_label_values(&["dropped"]).inc();
     }
 
     /// Counts one answered request. `role` must be a configured role name or `""`.

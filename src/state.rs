@@ -73,9 +73,18 @@ impl TokenIndex {
 
     /// What `token` (the raw `Authorization` header value) may do for `role`.
     pub fn check(&self, token: &[u8], role: &str) -> Access {
-        let d = digest(token);
-        match self.by_digest.get_key_value(&d) {
-            Some((stored, roles)) if bool::from(stored.ct_eq(&d)) => {
+        self.check_digest(&Self::digest(token), role)
+    }
+
+    /// The SHA-256 of a presented token (also its audit fingerprint, truncated).
+    pub fn digest(token: &[u8]) -> [u8; 32] {
+        digest(token)
+    }
+
+    /// What the token with SHA-256 `d` may do for `role`.
+    pub fn check_digest(&self, d: &[u8; 32], role: &str) -> Access {
+        match self.by_digest.get_key_value(d) {
+            Some((stored, roles)) if bool::from(stored.ct_eq(d)) => {
                 if roles.iter().any(|r| &**r == role) {
                     Access::Allowed
                 } else {

@@ -1,6 +1,7 @@
 use super::*;
 use crate::creds::Secret;
 use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 
 fn ctx() -> LoadContext {
     LoadContext {
@@ -315,8 +316,8 @@ timeout = "never"
 lead = "150%"
 colour = 1
 
-[audit]
-path = "/tmp/x"
+[tracing]
+level = "x"
 
 [[role]]
 name = "a"
@@ -340,7 +341,7 @@ arn = "arn:aws:iam::123456789012:role/c"
         "test.toml: [sts]: key \"timeout\"",
         "test.toml: [refresh]: key \"colour\": unknown key",
         "test.toml: [refresh]: key \"lead\"",
-        "test.toml: key \"audit\": [audit] is not supported",
+        "test.toml: key \"tracing\": unknown table or key",
         "test.toml: role \"a\": key \"session_name\"",
         "test.toml: role \"a\": key \"name\": is used by another",
         "test.toml: role \"a\": key \"arn\"",
@@ -562,5 +563,67 @@ fn the_imds_role_needs_no_ecs_tokens() {
         c.warnings[0].contains("role \"lonely\""),
         "{:?}",
         c.warnings
+    );
+}
+
+#[test]
+fn audit_table() {
+    let c = parse(&format!(
+        "{}\n[audit]\npath = \"/tmp/audit.jsonl\"\n",
+        role("")
+    ))
+    .unwrap();
+    assert_eq!(c.audit.unwrap().path, PathBuf::from("/tmp/audit.jsonl"));
+    let errs = errors(&format!("{}\n[audit]\n", role("")));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("[audit]: key \"path\": required")),
+        "{errs:#?}"
+    );
+    let errs = errors(&format!(
+        "{}\n[audit]\npath = \"/nonexistent-dir/a.jsonl\"\n",
+        role("")
+    ));
+    assert!(
+        errs.iter().any(|e| e.contains("does not exist")),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn chained_and_web_identity_sourced_sessions_are_clamped_to_an_hour() {
+    let text = format!(
+        "{}\n[[role]]\nname = \"c\"\narn = \"arn:aws:iam::123456789012:role/c\"\nsource_role = \"app\"\nduration = \"3h\"\n",
+        role("duration = \"2h\"")
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(
+        c.role("app").unwrap().spec.duration,
+        Duration::from_secs(7200)
+    );
+    assert_eq!(c.role("c").unwrap().spec.duration, CHAINED_MAX_DURATION);
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("role \"c\"") && w.contains("clamped to 1h")),
+        "{:?}",
+        c.warnings
+    );
+
+    let text = format!(
+        "{}\n[source]\nkind = \"web_identity\"\ntoken_file = \"/t\"\nrole_arn = \"arn:aws:iam::123456789012:role/broker\"\n",
+        role("duration = \"2h\"")
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.role("app").unwrap().spec.duration, CHAINED_MAX_DURATION);
+    // GetSessionToken needs IAM user credentials, which a web-identity broker does not have.
+    let text = format!(
+        "{BASE}\n[source]\nkind = \"web_identity\"\ntoken_file = \"/t\"\nrole_arn = \"arn:aws:iam::123456789012:role/broker\"\n[[role]]\nname = \"s\"\nkind = \"session_token\"\n"
+    );
+    let errs = errors(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("role \"s\": key \"kind\"") && e.contains("IAM user")),
+        "{errs:#?}"
     );
 }

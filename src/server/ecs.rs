@@ -17,17 +17,18 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use hyper::header::AUTHORIZATION;
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::cache::{CacheError, CredentialCache};
+use crate::audit::{AuditLog, AuditRecord};
+use crate::cache::{CacheError, CredentialCache, RoleSlot, Served};
 use crate::metrics::Metrics;
 use crate::server::http::{self, Body};
-use crate::state::{Access, Snapshot};
+use crate::state::{Access, Snapshot, TokenIndex};
 
 /// Path prefix of the credentials route.
 pub const PREFIX: &str = "/v1/credentials/";
@@ -39,6 +40,31 @@ pub struct EcsContext {
     pub state: Arc<ArcSwap<Snapshot>>,
     pub cache: Arc<CredentialCache>,
     pub metrics: Arc<Metrics>,
+    pub audit: Option<AuditLog>,
+}
+
+/// How a request ended: the response and what the metrics and the audit trail record.
+struct Outcome {
+    resp: Response<Body>,
+    /// The configured role the request named (only once the token is known).
+    slot: Option<Arc<RoleSlot>>,
+    served: Option<Arc<Served>>,
+    /// Set once the request reached the credentials route with a token.
+    fingerprint: Option<[u8; 8]>,
+    /// Whether this was a credentials request at all (audited) or a stray path.
+    credentials_route: bool,
+}
+
+impl Outcome {
+    fn refused(resp: Response<Body>) -> Outcome {
+        Outcome {
+            resp,
+            slot: None,
+            served: None,
+            fingerprint: None,
+            credentials_route: false,
+        }
+    }
 }
 
 /// Answers one request.
@@ -49,24 +75,33 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let snap = ctx.state.load_full();
-    let (resp, role) = answer(&ctx, &snap, &req).await;
-    let status = resp.status().as_u16();
+    let out = answer(&ctx, &snap, &req).await;
+    let status = out.resp.status().as_u16();
+    let role = out.slot.as_ref().map_or("", |s| s.config.name.as_str());
     ctx.metrics
         .observe_request(ENDPOINT, role, status, started.elapsed());
     if status != 200 {
         tracing::debug!(%peer, role, status, path = req.uri().path(), "ecs request refused");
     }
-    resp
+    if let Some(audit) = &ctx.audit
+        && out.credentials_route
+    {
+        audit.record(AuditRecord {
+            time: SystemTime::now(),
+            endpoint: ENDPOINT,
+            peer,
+            token_fingerprint: out.fingerprint,
+            slot: out.slot,
+            served: out.served,
+            status,
+        });
+    }
+    out.resp
 }
 
-/// The response, and the role label it is counted under (`""` unless a configured role).
-async fn answer<'a>(
-    ctx: &EcsContext,
-    snap: &'a Snapshot,
-    req: &Request<Incoming>,
-) -> (Response<Body>, &'a str) {
+async fn answer(ctx: &EcsContext, snap: &Snapshot, req: &Request<Incoming>) -> Outcome {
     if !http::host_allowed(req, &snap.config.ecs.allowed_hosts) {
-        return (http::forbidden_host(), "");
+        return Outcome::refused(http::forbidden_host());
     }
     let Some(name) = req
         .uri()
@@ -74,60 +109,58 @@ async fn answer<'a>(
         .strip_prefix(PREFIX)
         .filter(|n| !n.is_empty() && !n.contains('/'))
     else {
-        return (http::not_found(), "");
+        return Outcome::refused(http::not_found());
     };
     if req.method() != Method::GET {
-        return (http::method_not_allowed("GET"), "");
+        return Outcome::refused(http::method_not_allowed("GET"));
     }
+    let mut out = Outcome::refused(http::not_found());
+    out.credentials_route = true;
     let Some(token) = req.headers().get(AUTHORIZATION) else {
-        return (
-            http::error_response(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "missing Authorization header (set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE)",
-            ),
-            "",
+        out.resp = http::error_response(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "missing Authorization header (set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE)",
         );
+        return out;
     };
-    let access = snap.tokens.check(token.as_bytes(), name);
+    let digest = TokenIndex::digest(token.as_bytes());
+    out.fingerprint = Some(digest[..8].try_into().expect("8 of 32 bytes"));
+    let access = snap.tokens.check_digest(&digest, name);
     if access == Access::Unknown {
-        return (
-            http::error_response(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "the authorization token is not valid",
-            ),
-            "",
+        out.resp = http::error_response(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "the authorization token is not valid",
         );
+        return out;
     }
-    let Some((role, slot)) = snap.roles.get_key_value(name) else {
-        return (
-            http::error_response(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("no role named {name:?}"),
-            ),
-            "",
+    let Some(slot) = snap.roles.get(name) else {
+        out.resp = http::error_response(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("no role named {name:?}"),
         );
+        return out;
     };
+    out.slot = Some(Arc::clone(slot));
     if access == Access::WrongRole {
-        return (
-            http::error_response(
-                StatusCode::FORBIDDEN,
-                "AccessDenied",
-                &format!("the authorization token is not allowed role {name:?}"),
-            ),
-            role,
+        out.resp = http::error_response(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            &format!("the authorization token is not allowed role {name:?}"),
         );
+        return out;
     }
     let wait = snap.config.sts.timeout + Duration::from_secs(1);
     match ctx.cache.get(slot, wait).await {
-        Ok(served) => (
-            http::json_response(StatusCode::OK, served.ecs_body.clone()),
-            role,
-        ),
-        Err(e) => (unavailable(name, &e), role),
+        Ok(served) => {
+            out.resp = http::json_response(StatusCode::OK, served.ecs_body.clone());
+            out.served = Some(served);
+        }
+        Err(e) => out.resp = unavailable(name, &e),
     }
+    out
 }
 
 /// 503 saying why, and whether retrying soon can help.

@@ -32,7 +32,8 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use subtle::ConstantTimeEq;
 
-use crate::cache::{CredentialCache, Served, rfc3339};
+use crate::audit::{AuditLog, AuditRecord};
+use crate::cache::{CredentialCache, RoleSlot, Served, rfc3339};
 use crate::config::ImdsConfig;
 use crate::metrics::Metrics;
 use crate::server::http::{self, Body};
@@ -113,6 +114,7 @@ pub struct ImdsContext {
     pub cache: Arc<CredentialCache>,
     pub metrics: Arc<Metrics>,
     pub signer: TokenSigner,
+    pub audit: Option<AuditLog>,
 }
 
 /// Answers one request.
@@ -123,13 +125,13 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let snap = ctx.state.load_full();
-    let (resp, counted_role) = match &snap.config.imds {
+    let (resp, counted) = match &snap.config.imds {
         Some(imds) => answer(&ctx, &snap, imds, &req).await,
-        None => (text(StatusCode::NOT_FOUND, "not found"), false),
+        None => (text(StatusCode::NOT_FOUND, "not found"), Counted::Anonymous),
     };
     let status = resp.status().as_u16();
-    let role = match &snap.config.imds {
-        Some(imds) if counted_role => imds.role.as_str(),
+    let role = match (&snap.config.imds, &counted) {
+        (Some(imds), Counted::Role | Counted::Credentials { .. }) => imds.role.as_str(),
         _ => "",
     };
     ctx.metrics
@@ -137,7 +139,29 @@ pub async fn handle(
     if status >= 400 {
         tracing::debug!(%peer, status, path = req.uri().path(), "imds request refused");
     }
+    if let (Some(audit), Counted::Credentials { slot, served }) = (&ctx.audit, counted) {
+        audit.record(AuditRecord {
+            time: SystemTime::now(),
+            endpoint: ENDPOINT,
+            peer,
+            token_fingerprint: None,
+            slot: Some(slot),
+            served,
+            status,
+        });
+    }
     resp
+}
+
+/// How a response is counted: under the IMDS role's label or not, and whether it is a
+/// credentials response for the audit trail.
+enum Counted {
+    Anonymous,
+    Role,
+    Credentials {
+        slot: Arc<RoleSlot>,
+        served: Option<Arc<Served>>,
+    },
 }
 
 fn epoch_seconds(t: SystemTime) -> u64 {
@@ -150,30 +174,30 @@ async fn answer(
     snap: &Snapshot,
     imds: &ImdsConfig,
     req: &Request<Incoming>,
-) -> (Response<Body>, bool) {
+) -> (Response<Body>, Counted) {
     if req.headers().contains_key("x-forwarded-for") {
         return (
             text(
                 StatusCode::FORBIDDEN,
                 "requests relayed by a proxy are refused",
             ),
-            false,
+            Counted::Anonymous,
         );
     }
     if !http::host_allowed(req, &imds.listener.allowed_hosts) {
-        return (http::forbidden_host(), false);
+        return (http::forbidden_host(), Counted::Anonymous);
     }
     let path = req.uri().path();
     let path = path.strip_suffix('/').unwrap_or(path);
     if path == TOKEN_PATH {
         return if req.method() == Method::PUT {
-            (issue_token(ctx, imds, req), false)
+            (issue_token(ctx, imds, req), Counted::Anonymous)
         } else {
-            (http::method_not_allowed("PUT"), false)
+            (http::method_not_allowed("PUT"), Counted::Anonymous)
         };
     }
     if req.method() != Method::GET {
-        return (http::method_not_allowed("GET"), false);
+        return (http::method_not_allowed("GET"), Counted::Anonymous);
     }
     let now = SystemTime::now();
     let token_ok = req
@@ -186,28 +210,32 @@ async fn answer(
                 StatusCode::UNAUTHORIZED,
                 "a valid X-aws-ec2-metadata-token is required (PUT /latest/api/token first)",
             ),
-            false,
+            Counted::Anonymous,
         );
     }
     let role = imds.role.as_str();
     if path == CREDS_PREFIX {
-        return (text(StatusCode::OK, role), true);
+        return (text(StatusCode::OK, role), Counted::Role);
     }
     if path == INFO_PATH {
-        return (info(snap, imds, now), true);
+        return (info(snap, imds, now), Counted::Role);
     }
     let (name, extended) = if let Some(n) = path.strip_prefix(EXTENDED_PREFIX) {
         (n, true)
     } else if let Some(n) = path.strip_prefix(CREDS_PREFIX) {
         (n, false)
     } else {
-        return (text(StatusCode::NOT_FOUND, "not found"), false);
+        return (text(StatusCode::NOT_FOUND, "not found"), Counted::Anonymous);
     };
     if name.strip_prefix('/') != Some(role) {
-        return (text(StatusCode::NOT_FOUND, "not found"), false);
+        return (text(StatusCode::NOT_FOUND, "not found"), Counted::Anonymous);
     }
     let Some(slot) = snap.roles.get(role) else {
-        return (text(StatusCode::NOT_FOUND, "not found"), false);
+        return (text(StatusCode::NOT_FOUND, "not found"), Counted::Anonymous);
+    };
+    let audited = |served: Option<Arc<Served>>| Counted::Credentials {
+        slot: Arc::clone(slot),
+        served,
     };
     let wait = snap.config.sts.timeout + Duration::from_secs(1);
     let served = match ctx.cache.get(slot, wait).await {
@@ -218,7 +246,7 @@ async fn answer(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "credentials are below the IMDS min_remaining and could not be refreshed yet",
                 ),
-                true,
+                audited(None),
             );
         }
         Err(e) => {
@@ -231,11 +259,11 @@ async fn answer(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!("credentials unavailable: {why}"),
                 ),
-                true,
+                audited(None),
             );
         }
     };
-    (credentials(&served, extended), true)
+    (credentials(&served, extended), audited(Some(served)))
 }
 
 fn issue_token(ctx: &ImdsContext, imds: &ImdsConfig, req: &Request<Incoming>) -> Response<Body> {

@@ -5,11 +5,13 @@
 //! `scripts/setup-test-deps.sh` creates (`STS_BROKER_TEST_VENV`, default `./.venv`).
 //! Set `TEST_LOG=1` to see the brokers' logs.
 
+mod audit;
 mod clients;
 mod ecs;
 mod fake_sts;
 mod helpers;
 mod imds;
+mod kinds;
 mod lifecycle;
 mod netns;
 mod refresh;
