@@ -178,7 +178,7 @@ refuse() {
   grep -q "$why" "$WORK/refuse.err" || { cat "$WORK/refuse.err" >&2; die "helm template $* failed without \"$why\""; }
 }
 refuse "configure at least one role"
-refuse 'mode must be' --set mode=proxy --set 'roles[0].name=a' --set 'roles[0].arn=arn:aws:iam::1:role/a'
+refuse 'value must be one of' --set mode=proxy --set 'roles[0].name=a' --set 'roles[0].arn=arn:aws:iam::1:role/a'
 refuse 'ports >= 1024' --set 'roles[0].name=a' --set 'roles[0].arn=x' --set 'config.ecs.listen=127.0.0.1:80'
 refuse 'needs role_arn' --set 'roles[0].name=a' --set 'roles[0].arn=x' --set config.source.kind=web_identity
 refuse 'token_files is set by the chart' --set 'roles[0].name=a' --set 'roles[0].arn=x' --set 'roles[0].token_files[0]=/t'
