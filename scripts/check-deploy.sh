@@ -212,7 +212,8 @@ say "kubernetes-validate -k $K8S_VERSION --strict: $resources resources in $(ls 
 step "sts-broker check on every config.toml"
 # Each ConfigMap's config.toml is written out with /var/run/secrets/sts-broker/ moved under a
 # temporary directory, where every token file it names is created: from the rendered Secret
-# when there is one (so generated tokens are checked too), else a dummy token.
+# when there is one (so generated tokens are checked too), else a dummy token. An audit file
+# moves there too.
 "$DPY" - "$WORK/configs" "$RENDERED"/*.yaml <<'PY'
 import base64, os, re, sys, yaml
 out = sys.argv[1]
@@ -231,6 +232,11 @@ for path in sys.argv[2:]:
         root = os.path.join(out, name)
         os.makedirs(root)
         text = d["data"]["config.toml"].replace("/var/run/secrets/sts-broker/", root + "/secrets/")
+        # The audit trail's directory is a volume in the pod: a directory here.
+        audit = re.search(r'^\[audit\][^\[]*?^path = "(/[^"]+)"', text, re.M | re.S)
+        if audit and not audit.group(1).startswith("/dev/"):
+            os.makedirs(os.path.join(root, "audit"))
+            text = text.replace('"%s"' % audit.group(1), '"%s/audit/%s"' % (root, os.path.basename(audit.group(1))))
         for f in sorted(set(re.findall(r'"(' + re.escape(root) + r'/secrets/[^"]+)"', text))):
             os.makedirs(os.path.dirname(f), exist_ok=True)
             token = secrets.get(os.path.basename(f), b"dummy-token-for-check")

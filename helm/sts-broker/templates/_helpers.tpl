@@ -253,11 +253,22 @@ numbers and booleans as they are, lists as arrays, maps as inline tables.
 {{- $_ := set $t "listen" (include "sts-broker.listen" (dict "root" $root "section" "imds") | fromJsonArray) }}
 {{- include "sts-broker.toml.table" $t }}
 {{- end }}
+{{- /* Any other table ([audit], ...) as it is. */}}
+{{- range $table, $t := omit $c "sts" "source" "refresh" "ecs" "admin" "imds" }}
+{{- if $t }}
+
+[{{ $table }}]
+{{- include "sts-broker.toml.table" $t }}
+{{- end }}
+{{- end }}
 {{- range .Values.roles }}
 
 [[role]]
 {{- $r := deepCopy . }}
 {{- $_ := set $r "token_files" (list (printf "%s/%s" (include "sts-broker.tokenDir" $root) .name)) }}
+{{- if and (eq (toString .kind) "web_identity") (not .web_identity_token_file) }}
+{{- $_ := set $r "web_identity_token_file" (printf "%s/token" (include "sts-broker.webIdentityDir" $root)) }}
+{{- end }}
 {{- include "sts-broker.toml.table" $r }}
 {{- end }}
 {{ end }}
@@ -359,12 +370,32 @@ volumeMounts:
     mountPath: {{ include "sts-broker.webIdentityDir" . }}
     readOnly: true
   {{- end }}
+  {{- with include "sts-broker.auditDir" . }}
+  - name: sts-broker-audit
+    mountPath: {{ . }}
+  {{- end }}
+  {{- with .Values.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end }}
 
-{{/* "true" when the chart projects a ServiceAccount token for [source] kind = "web_identity". */}}
+{{/*
+"true" when the chart projects a ServiceAccount token: for [source] kind = "web_identity", and
+for roles of kind "web_identity", unless they name their own token file.
+*/}}
 {{- define "sts-broker.webIdentity" -}}
 {{- $src := .Values.config.source | default dict }}
-{{- if and (eq (toString $src.kind) "web_identity") (not $src.token_file) }}true{{ end }}
+{{- $need := and (eq (toString $src.kind) "web_identity") (not $src.token_file) }}
+{{- range .Values.roles }}
+{{- if and (eq (toString .kind) "web_identity") (not .web_identity_token_file) }}{{ $need = true }}{{ end }}
+{{- end }}
+{{- if $need }}true{{ end }}
+{{- end }}
+
+{{/* The directory of [audit] path when it needs a writable volume (not /dev/stdout and the like). */}}
+{{- define "sts-broker.auditDir" -}}
+{{- $audit := .Values.config.audit | default dict }}
+{{- if and $audit.path (not (hasPrefix "/dev/" $audit.path)) }}{{ dir $audit.path }}{{ end }}
 {{- end }}
 
 {{/* The broker's volumes: config, client tokens (0400), projected token for web_identity. */}}
@@ -386,6 +417,16 @@ volumeMounts:
           audience: {{ .Values.webIdentity.audience }}
           expirationSeconds: {{ .Values.webIdentity.expirationSeconds }}
           path: token
+{{- end }}
+{{- if include "sts-broker.auditDir" . }}
+# The audit trail's directory: the root file system is read-only. An emptyDir lives as long as
+# the pod; ship the file from there, or set config.audit.path to /dev/stdout.
+- name: sts-broker-audit
+  emptyDir:
+    sizeLimit: 256Mi
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
 {{- end }}
 {{- end }}
 
