@@ -36,6 +36,7 @@ const DEFAULT_IMDS_MAX_TOKEN_TTL: Duration = Duration::from_secs(6 * 3600);
 /// botocore's IMDS path stretches the expiry of credentials with less than ~25 min left.
 const DEFAULT_IMDS_MIN_REMAINING: Duration = Duration::from_secs(30 * 60);
 const DEFAULT_HOP_LIMIT: u32 = 64;
+const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// IMDS accepts token TTLs of 1 s to 6 h.
 const MAX_IMDS_TOKEN_TTL: Duration = Duration::from_secs(21_600);
 
@@ -133,12 +134,19 @@ pub struct RefreshConfig {
     pub backoff_max: Duration,
 }
 
-/// `[ecs]` / `[admin]`: where a listener binds and which `Host` names it answers.
+/// `[ecs]` / `[admin]` / `[imds]`: where a listener binds, which `Host` names it answers, and
+/// how much one listener (or one client) may take.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     pub listen: Vec<SocketAddr>,
     /// Host names accepted besides IP literals and `localhost` (DNS-rebinding defence).
     pub allowed_hosts: Vec<String>,
+    /// Connections served at once by this listener; more wait in the kernel's backlog. Each
+    /// listener has its own budget, so a flood on ECS leaves the admin endpoint reachable.
+    pub max_connections: usize,
+    /// Requests per second one peer IP may make (a burst of twice that); beyond it: 429.
+    /// `None` (the default): no per-peer limit.
+    pub per_peer_rate_limit: Option<f64>,
 }
 
 /// `[audit]`: where the JSON-lines audit trail goes.
@@ -276,6 +284,8 @@ struct RawListener {
     listen: Option<OneOrMany>,
     #[serde(default)]
     allowed_hosts: Vec<String>,
+    max_connections: Option<usize>,
+    per_peer_rate_limit: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -290,6 +300,8 @@ struct RawImds {
     listen: Option<OneOrMany>,
     #[serde(default)]
     allowed_hosts: Vec<String>,
+    max_connections: Option<usize>,
+    per_peer_rate_limit: Option<f64>,
     role: Option<String>,
     allow_v1: Option<bool>,
     max_token_ttl: Option<String>,
@@ -310,10 +322,17 @@ const REFRESH_KEYS: &[&str] = &[
     "backoff_min",
     "backoff_max",
 ];
-const LISTENER_KEYS: &[&str] = &["listen", "allowed_hosts"];
+const LISTENER_KEYS: &[&str] = &[
+    "listen",
+    "allowed_hosts",
+    "max_connections",
+    "per_peer_rate_limit",
+];
 const IMDS_KEYS: &[&str] = &[
     "listen",
     "allowed_hosts",
+    "max_connections",
+    "per_peer_rate_limit",
     "role",
     "allow_v1",
     "max_token_ttl",
@@ -780,9 +799,24 @@ fn build_listener(
             allowed_hosts.push(h.to_ascii_lowercase());
         }
     }
+    let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        p.error(scope.clone(), Some("max_connections"), "must be at least 1");
+    }
+    if let Some(rate) = raw.per_peer_rate_limit
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        p.error(
+            scope,
+            Some("per_peer_rate_limit"),
+            format!("{rate} must be a positive number of requests per second"),
+        );
+    }
     ListenerConfig {
         listen,
         allowed_hosts,
+        max_connections,
+        per_peer_rate_limit: raw.per_peer_rate_limit,
     }
 }
 
@@ -822,6 +856,8 @@ fn build_imds(
         RawListener {
             listen: raw.listen,
             allowed_hosts: raw.allowed_hosts,
+            max_connections: raw.max_connections,
+            per_peer_rate_limit: raw.per_peer_rate_limit,
         },
         DEFAULT_IMDS_LISTEN,
     );

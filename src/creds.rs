@@ -155,6 +155,27 @@ mod tests {
     }
 
     #[test]
+    fn panic_messages_show_no_secret() {
+        // assert_eq! and expect() format their values with Debug: a secret must print redacted.
+        let a = Secret::new("SECRET-MARKER-a".into());
+        let b = Secret::new("SECRET-MARKER-b".into());
+        let payload = std::panic::catch_unwind(|| assert_eq!(a, b)).unwrap_err();
+        let msg = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(msg.contains(REDACTED), "{msg}");
+        assert!(!msg.contains("SECRET-MARKER"), "{msg}");
+        let err: Result<(), Secret> = Err(Secret::new("SECRET-MARKER-c".into()));
+        let payload = std::panic::catch_unwind(|| err.clone().expect("no secret")).unwrap_err();
+        let msg = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(!msg.contains("SECRET-MARKER"), "{msg}");
+    }
+
+    #[test]
     fn credentials_debug_redacts_secret_and_token() {
         let c = Credentials {
             access_key_id: "ASIAEXAMPLE".into(),

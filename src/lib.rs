@@ -20,6 +20,7 @@ pub mod cache;
 pub mod commands;
 pub mod config;
 pub mod creds;
+pub mod iam;
 pub mod logging;
 pub mod metrics;
 pub mod refresh;
@@ -121,6 +122,9 @@ impl Broker {
             None => Vec::new(),
         };
         let hop_limit = config.imds.as_ref().map(|i| i.hop_limit);
+        let ecs_limits = limits(&config.ecs, None);
+        let admin_limits = limits(&config.admin, None);
+        let imds_limits = config.imds.as_ref().map(|i| limits(&i.listener, hop_limit));
         for l in &imds_listeners {
             let v6 = l.local_addr().is_ok_and(|a| a.is_ipv6());
             if let Some(hops) = hop_limit
@@ -192,7 +196,7 @@ impl Broker {
         });
         for l in ecs_listeners {
             let ctx = Arc::clone(&ecs_ctx);
-            broker.spawn_listener(l, "ecs", None, move |req, peer| {
+            broker.spawn_listener(l, "ecs", ecs_limits.clone(), move |req, peer| {
                 ecs::handle(Arc::clone(&ctx), req, peer)
             });
         }
@@ -205,7 +209,10 @@ impl Broker {
         });
         for l in imds_listeners {
             let ctx = Arc::clone(&imds_ctx);
-            broker.spawn_listener(l, "imds", hop_limit, move |req, peer| {
+            let limits = imds_limits
+                .clone()
+                .expect("IMDS listeners only with [imds]");
+            broker.spawn_listener(l, "imds", limits, move |req, peer| {
                 imds::handle(Arc::clone(&ctx), req, peer)
             });
         }
@@ -216,7 +223,7 @@ impl Broker {
         });
         for l in admin_listeners {
             let ctx = Arc::clone(&admin_ctx);
-            broker.spawn_listener(l, "admin", None, move |req, peer| {
+            broker.spawn_listener(l, "admin", admin_limits.clone(), move |req, peer| {
                 admin::handle(Arc::clone(&ctx), req, peer)
             });
         }
@@ -227,7 +234,7 @@ impl Broker {
         &self,
         listener: TcpListener,
         endpoint: &'static str,
-        hop_limit: Option<u32>,
+        limits: http::Limits,
         handler: H,
     ) where
         H: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> F
@@ -246,7 +253,8 @@ impl Broker {
             handler,
             self.listeners_stop.clone(),
             SHUTDOWN_GRACE,
-            hop_limit,
+            limits,
+            Arc::clone(&self.metrics),
         ));
     }
 
@@ -359,25 +367,29 @@ impl Broker {
 
     async fn try_reload(&self, new: Config) -> Result<(), ReloadError> {
         let current = self.config.load_full();
-        if new.ecs.listen != current.ecs.listen {
-            return Err(ReloadError::Rejected("[ecs].listen"));
+        // What the listeners were built with; `allowed_hosts` is read per request.
+        let fixed = |l: &config::ListenerConfig| {
+            (l.listen.clone(), l.max_connections, l.per_peer_rate_limit)
+        };
+        if fixed(&new.ecs) != fixed(&current.ecs) {
+            return Err(ReloadError::Rejected(
+                "[ecs] listen / max_connections / per_peer_rate_limit",
+            ));
         }
-        if new.admin.listen != current.admin.listen {
-            return Err(ReloadError::Rejected("[admin].listen"));
+        if fixed(&new.admin) != fixed(&current.admin) {
+            return Err(ReloadError::Rejected(
+                "[admin] listen / max_connections / per_peer_rate_limit",
+            ));
         }
         if new.audit != current.audit {
             return Err(ReloadError::Rejected(
                 "[audit] (adding, removing or moving the trail)",
             ));
         }
-        let imds_listen = |c: &Config| {
-            c.imds
-                .as_ref()
-                .map(|i| (i.listener.listen.clone(), i.hop_limit))
-        };
-        if imds_listen(&new) != imds_listen(&current) {
+        let imds_fixed = |c: &Config| c.imds.as_ref().map(|i| (fixed(&i.listener), i.hop_limit));
+        if imds_fixed(&new) != imds_fixed(&current) {
             return Err(ReloadError::Rejected(
-                "[imds].listen / hop_limit (or adding/removing [imds])",
+                "[imds] listen / hop_limit / limits (or adding/removing [imds])",
             ));
         }
         if new.sts != current.sts || new.source != current.source {
@@ -441,6 +453,17 @@ async fn bind_all(
         out.push(l);
     }
     Ok(out)
+}
+
+/// The fixed limits of a listener.
+fn limits(l: &config::ListenerConfig, hop_limit: Option<u32>) -> http::Limits {
+    http::Limits {
+        max_connections: l.max_connections,
+        per_peer: l
+            .per_peer_rate_limit
+            .map(|rate| Arc::new(http::PeerLimiter::new(rate))),
+        hop_limit,
+    }
 }
 
 fn local_addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {

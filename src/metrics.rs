@@ -15,6 +15,7 @@
 //! | `sts_broker_config_reloads_total` | counter | outcome (ok, error, rejected) |
 //! | `sts_broker_ready` | gauge | — |
 //! | `sts_broker_audit_records_total` | counter | outcome (written, dropped) |
+//! | `sts_broker_rate_limited_total` | counter | endpoint |
 
 use std::time::Duration;
 
@@ -38,6 +39,7 @@ pub struct Metrics {
     reloads: IntCounterVec,
     ready: IntGauge,
     audit: IntCounterVec,
+    rate_limited: IntCounterVec,
 }
 
 const NS: &str = "sts_broker";
@@ -112,6 +114,15 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "rate_limited_total",
+                "Requests refused with 429 by the per-peer rate limit",
+            )
+            .namespace(NS),
+            &["endpoint"],
+        )
+        .expect("valid metric");
         let ready = IntGauge::with_opts(
             Opts::new(
                 "ready",
@@ -130,6 +141,7 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(ready.clone()),
             Box::new(audit.clone()),
+            Box::new(rate_limited.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -147,7 +159,13 @@ impl Metrics {
             reloads,
             ready,
             audit,
+            rate_limited,
         }
+    }
+
+    /// Counts a request refused by the per-peer rate limit.
+    pub fn observe_rate_limited(&self, endpoint: &str) {
+        self.rate_limited.with_label_values(&[endpoint]).inc();
     }
 
     /// Counts an audit record written to the file.

@@ -627,3 +627,29 @@ fn chained_and_web_identity_sourced_sessions_are_clamped_to_an_hour() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn listener_limits() {
+    let c = parse(&format!(
+        "{}\n[ecs]\nmax_connections = 10\nper_peer_rate_limit = 2.5\n",
+        role("")
+    ))
+    .unwrap();
+    assert_eq!(c.ecs.max_connections, 10);
+    assert_eq!(c.ecs.per_peer_rate_limit, Some(2.5));
+    assert_eq!(c.admin.max_connections, DEFAULT_MAX_CONNECTIONS);
+    assert_eq!(c.admin.per_peer_rate_limit, None, "off by default");
+    let errs = errors(&format!(
+        "{}\n[ecs]\nmax_connections = 0\nper_peer_rate_limit = -1\n",
+        role("")
+    ));
+    assert!(
+        errs.iter().any(|e| e.contains("key \"max_connections\"")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("key \"per_peer_rate_limit\"")),
+        "{errs:#?}"
+    );
+}

@@ -9,6 +9,7 @@
 //! | 403 | a known token not allowed this role; a `Host` that fails the rebinding check | `AccessDenied`, `InvalidHost` |
 //! | 404 | unknown role or path | `NotFound` |
 //! | 405 | a method other than `GET` | `MethodNotAllowed` |
+//! | 400 | a request body | `BodyNotAllowed` |
 //! | 503 | nothing servable: STS failing and cached credentials below `min_remaining` | `CredentialsUnavailable` |
 //!
 //! The token is checked before the role is looked up, so an unauthenticated caller learns
@@ -113,6 +114,9 @@ async fn answer(ctx: &EcsContext, snap: &Snapshot, req: &Request<Incoming>) -> O
     };
     if req.method() != Method::GET {
         return Outcome::refused(http::method_not_allowed("GET"));
+    }
+    if http::has_body(req) {
+        return Outcome::refused(http::body_not_allowed());
     }
     let mut out = Outcome::refused(http::not_found());
     out.credentials_route = true;

@@ -4,8 +4,12 @@
 //! - HTTP/1.1 only, keep-alive on, `TCP_NODELAY` on (small responses, latency matters).
 //! - Request headers must arrive within [`HEADER_READ_TIMEOUT`] (slowloris) and fit in
 //!   [`MAX_HEADER_BYTES`] (hyper answers 431 beyond it).
-//! - At most [`MAX_CONNECTIONS`] connections per listener; further ones wait in the
-//!   kernel's backlog rather than exhausting file descriptors.
+//! - At most `max_connections` connections per listener (default 4096); further ones wait in
+//!   the kernel's backlog rather than exhausting file descriptors. Each listener has its own
+//!   budget, so a flood on one leaves the admin endpoint reachable.
+//! - Idle keep-alive connections are closed when no new request head arrives within the
+//!   header read timeout (hyper's timer also covers the wait for the next request).
+//! - Optionally, a per-peer request rate limit (token bucket per IP): beyond it, 429.
 //! - On shutdown the listener closes at once; open connections finish the request in
 //!   progress and are then closed (hyper-util `GracefulShutdown`).
 
@@ -13,7 +17,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -26,12 +30,14 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
+
 /// Headers not complete within this are cut off (DESIGN §3).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Larger request heads get 431.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// Connections served at once per listener.
-pub const MAX_CONNECTIONS: usize = 4096;
+/// How many peers the rate limiter remembers; the least recently seen are forgotten first.
+const RATE_LIMIT_PEERS: u64 = 65_536;
 
 /// The body type of every response.
 pub type Body = Full<Bytes>;
@@ -48,21 +54,87 @@ pub fn set_hop_limit(socket: socket2::SockRef<'_>, v6: bool, hops: u32) -> std::
     }
 }
 
+/// Per-listener limits, fixed for the listener's lifetime.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// `Some`: requests beyond each peer's rate get 429.
+    pub per_peer: Option<Arc<PeerLimiter>>,
+    /// IP TTL / hop limit of every accepted connection.
+    pub hop_limit: Option<u32>,
+}
+
+/// A token bucket per peer IP: `rate` requests per second, bursts of `2 × rate`.
+pub struct PeerLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: moka::sync::Cache<IpAddr, Arc<std::sync::Mutex<Bucket>>>,
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl std::fmt::Debug for PeerLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerLimiter")
+            .field("rate", &self.rate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerLimiter {
+    pub fn new(rate: f64) -> PeerLimiter {
+        PeerLimiter {
+            rate,
+            burst: (rate * 2.0).max(1.0),
+            buckets: moka::sync::Cache::builder()
+                .max_capacity(RATE_LIMIT_PEERS)
+                .time_to_idle(Duration::from_secs(60))
+                .build(),
+        }
+    }
+
+    /// Takes a token for `ip`; false when its bucket is empty.
+    pub fn allow(&self, ip: IpAddr) -> bool {
+        let bucket = self.buckets.get_with(ip, || {
+            Arc::new(std::sync::Mutex::new(Bucket {
+                tokens: self.burst,
+                last: Instant::now(),
+            }))
+        });
+        let mut b = bucket.lock().expect("bucket lock poisoned");
+        let now = Instant::now();
+        b.tokens =
+            (b.tokens + now.duration_since(b.last).as_secs_f64() * self.rate).min(self.burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Serves `listener` with `handler` until `cancel` fires, then drains open connections for
-/// at most `grace`. `hop_limit` sets the IP TTL of every accepted connection.
+/// at most `grace`.
 pub async fn serve<H, F>(
     listener: TcpListener,
     endpoint: &'static str,
     handler: H,
     cancel: CancellationToken,
     grace: Duration,
-    hop_limit: Option<u32>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let hop_limit = limits.hop_limit;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -93,9 +165,21 @@ pub async fn serve<H, F>(
             tracing::warn!(endpoint, error = %e, "cannot set the hop limit");
         }
         let handler = handler.clone();
+        let per_peer = limits.per_peer.clone();
+        let metrics = Arc::clone(&metrics);
         let service = hyper::service::service_fn(move |req| {
-            let fut = handler(req, peer);
-            async move { Ok::<_, Infallible>(fut.await) }
+            let limited = per_peer.as_ref().is_some_and(|l| !l.allow(peer.ip()));
+            let fut = (!limited).then(|| handler(req, peer));
+            let metrics = Arc::clone(&metrics);
+            async move {
+                Ok::<_, Infallible>(match fut {
+                    Some(fut) => fut.await,
+                    None => {
+                        metrics.observe_rate_limited(endpoint);
+                        too_many_requests()
+                    }
+                })
+            }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let watched = graceful.watch(conn);
@@ -180,6 +264,36 @@ pub fn forbidden_host() -> Response<Body> {
         StatusCode::FORBIDDEN,
         "InvalidHost",
         "the Host header must be an IP address, localhost or a name in allowed_hosts",
+    )
+}
+
+/// 429 for a peer over its rate.
+fn too_many_requests() -> Response<Body> {
+    let mut resp = error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TooManyRequests",
+        "this client exceeded the per-peer request rate; slow down",
+    );
+    resp.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+/// Whether the request carries a body (credential paths accept none).
+pub fn has_body<B>(req: &Request<B>) -> bool {
+    let headers = req.headers();
+    headers.contains_key(hyper::header::TRANSFER_ENCODING)
+        || headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// 400 for a request body where none is accepted.
+pub fn body_not_allowed() -> Response<Body> {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        "BodyNotAllowed",
+        "requests to this path must not carry a body",
     )
 }
 

@@ -13,7 +13,7 @@
 //! unexpired `X-aws-ec2-metadata-token` → 401 unless `allow_v1`; with a valid token every
 //! other path is 404 (never 401/403, so SDK probes such as the region fall through fast), as
 //! is an unknown role name. Nothing servable (STS failing, credentials below the IMDS
-//! `min_remaining`) → 503. Other methods → 405.
+//! `min_remaining`) → 503. Other methods → 405; a request body → 400.
 //!
 //! Tokens are stateless: `hex(expiry_seconds ‖ HMAC-SHA256(key, expiry_seconds)[..16])` with a
 //! key drawn at start-up. A flood of `PUT`s costs CPU, never memory; a restart invalidates
@@ -186,6 +186,12 @@ async fn answer(
     }
     if !http::host_allowed(req, &imds.listener.allowed_hosts) {
         return (http::forbidden_host(), Counted::Anonymous);
+    }
+    if http::has_body(req) {
+        return (
+            text(StatusCode::BAD_REQUEST, "requests must not carry a body"),
+            Counted::Anonymous,
+        );
     }
     let path = req.uri().path();
     let path = path.strip_suffix('/').unwrap_or(path);
