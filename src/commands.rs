@@ -1,4 +1,4 @@
-//! The one-shot subcommands: `check`, `env`, `credential-process`.
+//! The one-shot subcommands: `check`, `env`, `credential-process`, `iam-policy`.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -174,4 +174,143 @@ pub async fn assume_once(config: &Config, role: &str) -> Result<Credentials, Str
         );
     }
     signer.ok_or_else(|| "no credentials".to_string())
+}
+
+/// What `iam-policy` was asked for.
+#[derive(Debug, Clone)]
+pub struct IamPolicyRequest {
+    /// One role, or every role.
+    pub role: Option<String>,
+    /// `--principal`: the broker's IAM user or role ARN (an assumed-role ARN is converted).
+    pub principal: Option<String>,
+    pub format: crate::iam::PolicyFormat,
+    /// Print one bare policy document instead.
+    pub only: Option<crate::iam::PolicyDocument>,
+}
+
+/// Why `iam-policy` printed nothing; each maps to an exit code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IamPolicyError {
+    /// The command line asks for something that does not exist (64).
+    #[error("{0}")]
+    Usage(String),
+    /// No such role (78, as for `env`).
+    #[error("{0}")]
+    Config(String),
+    /// The broker's principal could not be found (69).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// `iam-policy`'s stdout, and warnings for stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IamPolicyOutput {
+    pub stdout: String,
+    pub warnings: Vec<String>,
+}
+
+/// The IAM policies the requested roles need ([`crate::iam`]). The broker's principal comes
+/// from `--principal`, else from `[source] kind = "web_identity"`'s `role_arn`, else from
+/// `GetCallerIdentity` with the `[source]` credentials — asked only when a role needs it.
+///
+/// # Errors
+/// Unknown role, `--only` without a document to print, a bad `--principal`, or no way to
+/// find the principal.
+pub async fn iam_policy(
+    config: &Config,
+    req: &IamPolicyRequest,
+) -> Result<IamPolicyOutput, IamPolicyError> {
+    use crate::iam::{self, BrokerPrincipal, PolicyDocument, PolicyFormat, PrincipalOrigin};
+
+    let roles: Vec<&crate::config::RoleConfig> = match &req.role {
+        Some(name) => vec![
+            config
+                .role(name)
+                .ok_or_else(|| {
+                    IamPolicyError::Config(format!("no role named {name:?} in the config"))
+                })?
+                .as_ref(),
+        ],
+        None => config.roles.iter().map(AsRef::as_ref).collect(),
+    };
+    let merged = req.only == Some(PolicyDocument::Permission) && req.role.is_none();
+    if req.only == Some(PolicyDocument::Trust) && req.role.is_none() {
+        return Err(IamPolicyError::Usage(
+            "--only trust needs --role: every role has its own trust policy".to_string(),
+        ));
+    }
+    let principal = match (&req.principal, &config.source) {
+        (Some(arn), _) => Some(
+            BrokerPrincipal::parse(arn, PrincipalOrigin::Flag)
+                .map_err(|e| IamPolicyError::Usage(format!("--principal: {e}")))?,
+        ),
+        _ if !merged && !iam::needs_principal(config, &roles) => None,
+        (None, SourceConfig::WebIdentity { role_arn, .. }) => Some(
+            BrokerPrincipal::parse(role_arn, PrincipalOrigin::SourceRoleArn)
+                .map_err(IamPolicyError::Config)?,
+        ),
+        (None, _) => {
+            let unavailable = |e: String| {
+                IamPolicyError::Unavailable(format!(
+                    "cannot find the broker's principal with GetCallerIdentity: {e}; pass it with --principal ARN"
+                ))
+            };
+            let sts = crate::source::build_sts(config)
+                .await
+                .map_err(unavailable)?;
+            let who = sts
+                .caller_identity()
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            Some(
+                BrokerPrincipal::parse(&who.arn, PrincipalOrigin::CallerIdentity)
+                    .map_err(IamPolicyError::Unavailable)?,
+            )
+        }
+    };
+    let policies: Vec<iam::RolePolicies> = roles
+        .iter()
+        .map(|r| iam::role_policies(config, r, principal.as_ref()))
+        .collect();
+    let mut warnings = Vec::new();
+    let stdout = match req.only {
+        None => match req.format {
+            PolicyFormat::Json => iam::render_json(&policies),
+            PolicyFormat::Text => iam::render_text(&policies),
+        },
+        Some(PolicyDocument::Permission) if merged => {
+            let arn = principal
+                .as_ref()
+                .map_or(iam::UNKNOWN_PRINCIPAL, |p| p.arn.as_str());
+            let (policy, skipped) = iam::merged_permission_policy(&policies, arn);
+            warnings.extend(skipped);
+            if policy.statements.is_empty() {
+                return Err(IamPolicyError::Usage(
+                    "no role is signed by the broker's principal: it needs no permission policy"
+                        .to_string(),
+                ));
+            }
+            iam::render_document(&policy)
+        }
+        Some(which) => {
+            let p = &policies[0];
+            let doc = match which {
+                PolicyDocument::Trust => p.trust_policy.as_ref(),
+                PolicyDocument::Permission => p.permission_policy.as_ref(),
+            };
+            let doc = doc.ok_or_else(|| {
+                IamPolicyError::Usage(format!(
+                    "role {:?} (kind {}) needs no {} policy",
+                    p.role,
+                    p.kind,
+                    match which {
+                        PolicyDocument::Trust => "trust",
+                        PolicyDocument::Permission => "permission",
+                    }
+                ))
+            })?;
+            iam::render_document(doc)
+        }
+    };
+    Ok(IamPolicyOutput { stdout, warnings })
 }

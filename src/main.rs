@@ -5,11 +5,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
+use sts_broker::commands::{IamPolicyError, IamPolicyRequest};
 use sts_broker::config::{Config, DEFAULT_CONFIG_PATH, ENV_CONFIG, LoadContext};
+use sts_broker::iam::{PolicyDocument, PolicyFormat};
 use sts_broker::logging::{self, LogFormat};
 use sts_broker::signals::{self, Control};
 use sts_broker::{Broker, commands};
 
+/// sysexits: the command line asks for something that does not exist.
+const EX_USAGE: u8 = 64;
 /// sysexits: the config is invalid.
 const EX_CONFIG: u8 = 78;
 /// sysexits: a service (STS, a port) is unavailable.
@@ -58,6 +62,25 @@ enum Command {
         #[arg(long)]
         role: String,
     },
+    /// Print the IAM trust and permission policies each role needs (JSON Lines: one object per role).
+    IamPolicy {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this role.
+        #[arg(long)]
+        role: Option<String>,
+        /// The broker's IAM user or role ARN (an assumed-role ARN is converted to its role).
+        /// Default: GetCallerIdentity with the [source] credentials.
+        #[arg(long)]
+        principal: Option<String>,
+        /// json: one object per role per line; text: pretty, annotated with `#` lines.
+        #[arg(long, value_enum, default_value = "json")]
+        format: PolicyFormat,
+        /// Print only this bare policy document (for file://). `trust` needs --role;
+        /// `permission` without --role merges every role the broker's principal signs for.
+        #[arg(long, value_enum)]
+        only: Option<PolicyDocument>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,7 +96,9 @@ fn main() -> ExitCode {
     let ctx = LoadContext::from_system();
     let path = match &cli.command {
         Command::Serve(c) | Command::Check(c) => &c.config,
-        Command::Env { config, .. } | Command::CredentialProcess { config, .. } => &config.config,
+        Command::Env { config, .. }
+        | Command::CredentialProcess { config, .. }
+        | Command::IamPolicy { config, .. } => &config.config,
     };
     let config = match Config::load(path, &ctx) {
         Ok(c) => c,
@@ -107,6 +132,37 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("{e}");
                     ExitCode::from(EX_UNAVAILABLE)
+                }
+            }
+        }),
+        Command::IamPolicy {
+            role,
+            principal,
+            format,
+            only,
+            ..
+        } => runtime().block_on(async {
+            let req = IamPolicyRequest {
+                role,
+                principal,
+                format,
+                only,
+            };
+            match commands::iam_policy(&config, &req).await {
+                Ok(out) => {
+                    for w in &out.warnings {
+                        eprintln!("sts-broker: {w}");
+                    }
+                    print!("{}", out.stdout);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sts-broker: {e}");
+                    ExitCode::from(match e {
+                        IamPolicyError::Usage(_) => EX_USAGE,
+                        IamPolicyError::Config(_) => EX_CONFIG,
+                        IamPolicyError::Unavailable(_) => EX_UNAVAILABLE,
+                    })
                 }
             }
         }),

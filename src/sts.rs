@@ -28,6 +28,7 @@ pub const API_ASSUME_ROLE_WITH_WEB_IDENTITY: &str = "AssumeRoleWithWebIdentity";
 pub const API_GET_SESSION_TOKEN: &str = "GetSessionToken";
 pub const API_GET_FEDERATION_TOKEN: &str = "GetFederationToken";
 pub const API_ASSUME_ROLE_WITH_SAML: &str = "AssumeRoleWithSAML";
+pub const API_GET_CALLER_IDENTITY: &str = "GetCallerIdentity";
 
 /// An STS client for one `[sts]` + `[source]` configuration.
 #[derive(Clone, Debug)]
@@ -116,12 +117,45 @@ impl Sts {
     /// Obtains credentials for `role` with the STS API of its kind.
     ///
     /// # Errors
-    /// A classified [`FetchError`]; its message is safe to log and to send to clients.
+    /// A classified [`FetchError`]; its message is safe to log and to send to clients. An
+    /// `AccessDenied` names the likely causes for this role's config ([`explain_denial`]).
     pub async fn obtain(
         &self,
         role: &RoleConfig,
         inputs: CallInputs,
     ) -> Result<Credentials, FetchError> {
+        self.call(role, inputs)
+            .await
+            .map_err(|e| explain_denial(e, role))
+    }
+
+    /// Who the `[source]` credentials are (`GetCallerIdentity`): how `iam-policy` finds the
+    /// principal that trust policies must name.
+    ///
+    /// # Errors
+    /// A classified [`FetchError`] (no credentials, STS unreachable, …).
+    pub async fn caller_identity(&self) -> Result<CallerIdentity, FetchError> {
+        let out = self
+            .client
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        match (out.arn(), out.account()) {
+            (Some(arn), Some(account)) if !arn.is_empty() => Ok(CallerIdentity {
+                arn: arn.to_string(),
+                account: account.to_string(),
+            }),
+            _ => Err(FetchError::new(
+                ErrorClass::Transient,
+                None,
+                "GetCallerIdentity answered without an ARN",
+            )),
+        }
+    }
+
+    /// One STS call of `role`'s kind; errors classified, not yet explained.
+    async fn call(&self, role: &RoleConfig, inputs: CallInputs) -> Result<Credentials, FetchError> {
         let spec = &role.spec;
         let duration = i32::try_from(spec.duration.as_secs()).unwrap_or(i32::MAX);
         let policy_arns = policy_descriptors(&spec.policy_arns);
@@ -266,6 +300,33 @@ impl Sts {
             out.assumed_role_user().map(|u| u.arn().to_string()),
         )
     }
+}
+
+/// `GetCallerIdentity`'s answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallerIdentity {
+    /// `arn:aws:iam::ACCOUNT:user/NAME`, `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`, …
+    pub arn: String,
+    pub account: String,
+}
+
+/// STS answers `AccessDenied` with "not authorized to perform" and nothing more: the message
+/// gets the likely causes for this role's config and the command that prints the policies it
+/// needs. The class and code stay as [`classify`] set them; other errors pass unchanged.
+pub fn explain_denial(mut e: FetchError, role: &RoleConfig) -> FetchError {
+    if e.class == ErrorClass::AccessDenied
+        && matches!(
+            e.code.as_deref(),
+            Some("AccessDenied" | "AccessDeniedException")
+        )
+    {
+        e.message = format!(
+            "{} — {}",
+            e.message.trim_end(),
+            crate::iam::access_denied_hint(role)
+        );
+    }
+    e
 }
 
 /// What a call presents besides the role's config, gathered fresh for every call.
