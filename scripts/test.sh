@@ -32,6 +32,9 @@ section "cargo clippy --all-targets --locked -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
 section "cargo test --locked${*:+ $*}"
+# The fuzz targets (tests/it/fuzz.rs) mutate their corpus for this long each, beside the other
+# tests; a plain `cargo test` gives them 3 s.
+export STS_BROKER_FUZZ_SECONDS=${STS_BROKER_FUZZ_SECONDS:-45}
 cargo test --locked "$@"
 
 section "deployment artefacts (scripts/check-deploy.sh)" && bash scripts/check-deploy.sh
