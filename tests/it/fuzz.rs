@@ -289,7 +289,7 @@ async fn fuzz_requests_on_every_listener() {
     let inputs = corpus("http");
     let (mut rng, seed) = Rng::seeded();
     let mut runs = 0u64;
-    let mut run = async |input: Vec<u8>, which: usize| {
+    let run = async |input: Vec<u8>, which: usize| {
         let (addr, ecs) = listeners[which];
         let answer = exchange(addr, &input).await;
         if let Err(why) = check_answer(&input, &answer, ecs) {
