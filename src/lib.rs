@@ -328,6 +328,12 @@ impl Broker {
                 roles.insert(role.name.clone(), slot);
             }
         }
+        // Publish first: requests move to the new slots before the old ones are dropped.
+        self.state.store(Arc::new(Snapshot {
+            config: Arc::clone(config),
+            roles: roles.clone(),
+            tokens: TokenIndex::build(config),
+        }));
         for (name, slot) in old {
             if roles.get(name).is_some_and(|s| Arc::ptr_eq(s, slot)) {
                 // Kept: let its loop recompute the schedule with the new [refresh].
@@ -342,11 +348,6 @@ impl Broker {
                 self.metrics.forget_role(name);
             }
         }
-        self.state.store(Arc::new(Snapshot {
-            config: Arc::clone(config),
-            roles,
-            tokens: TokenIndex::build(config),
-        }));
     }
 
     /// Applies a new configuration, or leaves the running one untouched and says why.
