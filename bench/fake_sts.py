@@ -7,7 +7,7 @@
   latency range (concurrent calls overlap: one thread per connection), then answers with an
   AssumeRoleResponse whose credentials are unique per call and expire DurationSeconds from now.
 - GET /stats[?arn=ARN]: JSON with the number of calls (total and per RoleArn), the per-call
-  delays for ARN, the first/last call times and the most calls seen in any one-second window.
+  delays for ARN, the first/last call times and the most calls seen in any one-second and five-second window.
 - POST /reset: forget every count.
 
 Signatures are not checked. Loopback only.
@@ -50,12 +50,12 @@ XML = (
 )
 
 
-def max_per_second(times):
-    """Most calls that started within any one-second window."""
+def max_per_second(times, window=1.0):
+    """Most calls that started within any `window`-second window."""
     times = sorted(times)
     best, lo = 0, 0
     for hi, t in enumerate(times):
-        while t - times[lo] >= 1.0:
+        while t - times[lo] >= window:
             lo += 1
         best = max(best, hi - lo + 1)
     return best
@@ -90,6 +90,7 @@ class Handler(BaseHTTPRequestHandler):
                 "first": min(times) if times else None,
                 "last": max(times) if times else None,
                 "max_per_second": max_per_second(times),
+                "max_per_5s": max_per_second(times, 5.0),
             }
             if arn is not None:
                 out["arn"] = arn

@@ -38,7 +38,11 @@ def parse_wrk(path):
     out["socket_errors"] = m.group(1).strip() if m else ""
     cpu = path[:-4] + ".cpu"
     if os.path.exists(cpu):
-        out["cpu_s"] = json.load(open(cpu))["cpu_s"]
+        c = json.load(open(cpu))
+        out["cpu_s"] = c["cpu_s"]
+        out["ctx_switches"] = c.get("ctx_switches")
+        if "background_cpu_s" in c:
+            out["background_pct"] = 100 * c["background_cpu_s"] / c["capacity_cpu_s"]
     return out
 
 
@@ -72,8 +76,9 @@ def main():
          f"{machine['duration8']} s at 8.")
     both()
     both("| scenario | sts-broker req/s | nginx req/s | ratio median (min) | target | "
-         "broker p50 / p99 | nginx p50 / p99 | p99 target | CPU µs/req broker / nginx |")
-    both("|---|---|---|---|---|---|---|---|---|")
+         "broker p50 / p99 | nginx p50 / p99 | p99 target | CPU µs/req broker / nginx | "
+         "context switches per 1000 req broker / nginx | background CPU (max) |")
+    both("|---|---|---|---|---|---|---|---|---|---|---|")
     verdicts = []
 
     def pair(name, a, b, conns):
@@ -103,9 +108,16 @@ def main():
             pok = p99a < 1.0
             pt = "< 1 ms: " + ("met" if pok else "MISS")
             verdicts.append((f"{name} p99 < 1 ms", pok))
+        def cs(X):
+            xs = [X[r]["ctx_switches"] * 1000 / X[r]["requests"] for r in rounds
+                  if X[r].get("ctx_switches") is not None]
+            return f"{med(xs):.1f}" if xs else "—"
+
+        bg = [X[r]["background_pct"] for X in (A, B) for r in rounds if "background_pct" in X[r]]
+        bgt = f"{max(bg):.0f} %" if bg else "—"
         both(f"| {name} | {ra:,.0f} | {rb:,.0f} | {rm:.2f} ({rmin:.2f}) | {rt} | "
              f"{p50a:.3f} / {p99a:.3f} ms | {p50b:.3f} / {p99b:.3f} ms | {pt} | "
-             f"{cpu(A)} / {cpu(B)} |")
+             f"{cpu(A)} / {cpu(B)} | {cs(A)} / {cs(B)} | {bgt} |")
 
     pair("ECS cached hit, 64 conns", "ecs64_broker", "ecs64_nginx", 64)
     pair("IMDS cached hit, 64 conns", "imds64_broker", "imds64_nginx", 64)
@@ -129,17 +141,20 @@ def main():
     if colds:
         both("Cold path (`prefetch = false` role, N concurrent first requests):")
         both()
-        both("| role | requests | statuses | STS calls (must be 1) | STS delay | last answer | "
-             "median answer | last answer − STS delay |")
-        both("|---|---|---|---|---|---|---|---|")
+        both("| role | requests | statuses | STS calls (must be 1) | fake STS delay | "
+             "STS call seen by the broker | last answer | median answer | "
+             "same burst once warm (last answer) |")
+        both("|---|---|---|---|---|---|---|---|---|")
         for c in colds:
             ok = c["sts_calls"] == 1 and c["statuses"] == {"200": c["n"]}
             if not ok:
                 failures.append(f"cold path {c['role']}: {c['sts_calls']} STS calls, statuses {c['statuses']}")
             delay = c["sts_delay_ms"][0] if c["sts_delay_ms"] else float("nan")
+            seen = c.get("broker_sts_call_ms")
             both(f"| {c['role']} | {c['n']} | {c['statuses']} | {c['sts_calls']} "
-                 f"{'ok' if ok else 'FAIL'} | {delay:.1f} ms | {c['total_ms']:.1f} ms | "
-                 f"{c['median_answer_ms']:.1f} ms | {c['total_ms'] - delay:.1f} ms |")
+                 f"{'ok' if ok else 'FAIL'} | {delay:.1f} ms | "
+                 f"{f'{seen:.1f} ms' if seen is not None else '—'} | {c['total_ms']:.1f} ms | "
+                 f"{c['median_answer_ms']:.1f} ms | {c.get('warm_total_ms', float('nan')):.1f} ms |")
         verdicts.append(("cold path: exactly 1 STS call", all(
             c["sts_calls"] == 1 and c["statuses"] == {"200": c["n"]} for c in colds)))
         both()
@@ -162,9 +177,11 @@ def main():
     both()
     if big:
         both(f"10,000-role prefetch: `max_calls_per_second = {big['rate']:g}`; {big['sts_calls']:,} STS calls "
-             f"in {big['span_s']:.1f} s = **{big['calls_per_s']:.1f} calls/s** on average, at most "
-             f"{big['max_per_second']} in any one-second window; ready after {big['ready_s']:.1f} s.")
-        verdicts.append(("10k prefetch within the rate limit", big["max_per_second"] <= big["rate"] + 1))
+             f"in {big['span_s']:.1f} s = **{big['calls_per_s']:.1f} calls/s** on average; at most "
+             f"{big['max_per_5s'] / min(5.0, big['span_s'] or 5.0):.1f} calls/s over any five-second window and "
+             f"{big['max_per_second']} calls in any one-second window (arrival times at the fake STS, "
+             f"so they include its thread scheduling jitter); ready after {big['ready_s']:.1f} s.")
+        verdicts.append(("10k prefetch within the rate limit", big["max_per_5s"] / min(5.0, big["span_s"] or 5.0) <= big["rate"] * 1.02))
         both()
 
     both("Targets: " + ", ".join(f"{n}: {'met' if ok else 'MISS'}" for n, ok in verdicts) + ".")

@@ -13,7 +13,13 @@
 # Prints the table (also written to $OUT/summary.md). About 6 minutes with a warm build.
 #
 # Knobs (environment): ROUNDS=3 DURATION=10 DURATION8=5 ROLES=100 BIG_ROLES=10000 BIG_RATE=250
-# COLD_N=1000 STS_LATENCY_MS=20-50 OUT=target/bench/<time> SKIP_BUILD=1 SKIP_BIG=1.
+# COLD_N=1000 STS_LATENCY_MS=20-50 OUT=target/bench/<time> SKIP_BUILD=1 SKIP_BIG=1
+# QUIET_MAX=10 QUIET_WAIT=60 QUIET_BUDGET=240.
+#
+# Noise guard: the machine has 2 cores, shared by wrk and the server under test. Before every
+# wrk run the script waits (up to QUIET_WAIT s per run, QUIET_BUDGET s in all) until other
+# processes use at most QUIET_MAX % of the machine, and it records the CPU that processes other than wrk and the server used
+# during each run ("background" in the table). A high figure there means the pair is noise.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -26,6 +32,10 @@ BIG_RATE=${BIG_RATE:-250}
 COLD_N=${COLD_N:-1000}
 COLD_ROLES=3
 STS_LATENCY_MS=${STS_LATENCY_MS:-20-50}
+QUIET_MAX=${QUIET_MAX:-10}
+QUIET_WAIT=${QUIET_WAIT:-60}
+QUIET_BUDGET=${QUIET_BUDGET:-240}
+WAITED=0
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 OUT=${OUT:-$TARGET_DIR/bench/$(date -u +%Y%m%dT%H%M%SZ)}
 BIN=$TARGET_DIR/release/sts-broker
@@ -91,6 +101,31 @@ cpu_s() {
     done
     python3 -c "print($t / $(getconf CLK_TCK))"
 }
+# Busy CPU seconds of the whole machine so far (user, nice, system, irq, softirq, steal).
+machine_busy_s() {
+    awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" {print ($2 + $3 + $4 + $7 + $8 + $9) / hz}' /proc/stat
+}
+# Waits until the machine is quiet: at most QUIET_MAX % busy over one second.
+wait_quiet() {
+    local start=$SECONDS a b pct
+    while :; do
+        a=$(machine_busy_s); sleep 1; b=$(machine_busy_s)
+        pct=$(python3 -c "print(round(($b - $a) * 100 / $(nproc)))")
+        [ "$pct" -le "$QUIET_MAX" ] && break
+        if [ $((SECONDS - start)) -ge "$QUIET_WAIT" ] || [ $((WAITED + SECONDS - start)) -ge "$QUIET_BUDGET" ]; then
+            log "machine still ${pct}% busy (other processes): measuring anyway, see the background column"
+            break
+        fi
+        log "machine ${pct}% busy (other processes): waiting"
+        sleep 4
+    done
+    WAITED=$((WAITED + SECONDS - start - 1))
+}
+# Context switches (voluntary + involuntary) of every thread of the given processes so far.
+ctxsw() {
+    cat $(for p in "$@"; do echo /proc/$p/task/*/status; done) 2>/dev/null |
+        awk '/^(non)?voluntary_ctxt_switches/ {n += $2} END {print n + 0}'
+}
 wait_ready() { # admin address, timeout seconds
     local deadline=$((SECONDS + $2))
     until curl -fs -o /dev/null "http://$1/readyz"; do
@@ -118,7 +153,8 @@ log "results in $OUT"
 
 # --- fake STS --------------------------------------------------------------------------------
 python3 bench/fake_sts.py --port-file "$W/sts.port" --latency-ms "$STS_LATENCY_MS" &
-PIDS+=($!)
+STS_PID=$!
+PIDS+=($STS_PID)
 wait_file "$W/sts.port"
 STS_PORT=$(cat "$W/sts.port")
 STS_URL=http://127.0.0.1:$STS_PORT
@@ -195,6 +231,7 @@ log "nginx on 127.0.0.1:$NGINX_PORT, workers $NGINX_WORKERS; bodies $(wc -c <"$W
 # --- naive broker ----------------------------------------------------------------------------
 python3 bench/naive_broker.py --port-file "$W/naive.port" --sts "$STS_URL" --role app0 \
     --arn arn:aws:iam::123456789012:role/bench-naive --token-file "$W/main/tokens/app0" &
+NAIVE_PIDS="$! $STS_PID" # the naive broker and the fake STS it calls: both are "the server"
 PIDS+=($!)
 wait_file "$W/naive.port"
 NAIVE=127.0.0.1:$(cat "$W/naive.port")
@@ -211,15 +248,30 @@ wrk.method = "GET"
 wrk.path = "$IMDS_PATH"
 wrk.headers["X-aws-ec2-metadata-token"] = "$IMDS_TOKEN"
 EOF
-# run LABEL ROUND CONNS SECONDS SCRIPT ADDR PIDS...: one wrk run, output and server CPU saved.
+# run LABEL ROUND CONNS SECONDS SCRIPT ADDR PIDS...: one wrk run; saves wrk's output, the
+# server's CPU seconds, wrk's, and the background's (everything else on the machine).
 run() {
     local label=$1 round=$2 conns=$3 secs=$4 script=$5 addr=$6
     shift 6
-    local before after
+    local before after m0 m1 wrk_cpu cs0 cs1
+    wait_quiet
+    cs0=$(ctxsw "$@")
     before=$(cpu_s "$@")
-    wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$script" "http://$addr/" >"$OUT/wrk/${label}_r$round.txt"
+    m0=$(machine_busy_s)
+    { TIMEFORMAT='%U %S'; time wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$script" "http://$addr/" \
+        >"$OUT/wrk/${label}_r$round.txt"; } 2>"$W/wrk.time"
+    m1=$(machine_busy_s)
     after=$(cpu_s "$@")
-    echo "{\"cpu_s\": $(python3 -c "print(round($after - $before, 3))")}" >"$OUT/wrk/${label}_r$round.cpu"
+    cs1=$(ctxsw "$@")
+    wrk_cpu=$(awk '{print $1 + $2}' "$W/wrk.time")
+    python3 - "$OUT/wrk/${label}_r$round.cpu" <<EOF
+import json, sys
+server = $after - $before
+busy = $m1 - $m0
+json.dump({"cpu_s": round(server, 3), "wrk_cpu_s": $wrk_cpu, "ctx_switches": $cs1 - $cs0,
+           "background_cpu_s": round(max(0.0, busy - server - $wrk_cpu), 3),
+           "capacity_cpu_s": $(nproc) * $secs}, open(sys.argv[1], "w"))
+EOF
     log "$label r$round: $(awk '/Requests\/sec/ {print $2}' "$OUT/wrk/${label}_r$round.txt") req/s, p99 $(awk '$1 == "99%" {print $2}' "$OUT/wrk/${label}_r$round.txt")"
 }
 NG=127.0.0.1:$NGINX_PORT
@@ -234,19 +286,19 @@ for r in $(seq 1 "$ROUNDS"); do
     run ecs64_nginx "$r" 64 "$DURATION" "$W/ecs.lua" "$NG" $NGINX_WORKERS
     run imds64_broker "$r" 64 "$DURATION" "$W/imds.lua" "$IMDS" "$BROKER"
     run imds64_nginx "$r" 64 "$DURATION" "$W/imds.lua" "$NG" $NGINX_WORKERS
-    run naive64 "$r" 64 "$DURATION" "$W/ecs.lua" "$NAIVE" "$BROKER"
+    run naive64 "$r" 64 "$DURATION" "$W/ecs.lua" "$NAIVE" $NAIVE_PIDS
     run ecs8_broker "$r" 8 "$DURATION8" "$W/ecs.lua" "$ECS" "$BROKER"
     run ecs8_nginx "$r" 8 "$DURATION8" "$W/ecs.lua" "$NG" $NGINX_WORKERS
     run imds8_broker "$r" 8 "$DURATION8" "$W/imds.lua" "$IMDS" "$BROKER"
     run imds8_nginx "$r" 8 "$DURATION8" "$W/imds.lua" "$NG" $NGINX_WORKERS
 done
-rm -f "$OUT"/wrk/naive64_*.cpu # the naive broker's CPU is not the broker's
 LOADED_HWM=$(hwm_kib "$BROKER")
 log "after load: VmHWM $LOADED_HWM KiB"
 
 # --- cold path ---------------------------------------------------------------------------------
 for i in $(seq 0 $((COLD_ROLES - 1))); do
-    python3 bench/cold_burst.py --addr "$ECS" --role "cold$i" --token-file "$W/main/tokens/cold$i" \
+    wait_quiet
+    python3 bench/cold_burst.py --admin "$ADMIN" --addr "$ECS" --role "cold$i" --token-file "$W/main/tokens/cold$i" \
         --sts "$STS_URL" --arn "arn:aws:iam::123456789012:role/bench-cold$i" --n "$COLD_N" \
         >"$OUT/cold_$i.json"
     log "cold$i: $(cat "$OUT/cold_$i.json")"
@@ -259,6 +311,7 @@ wait "$BROKER" || true
 if [ -z "${SKIP_BIG:-}" ]; then
     mkdir -p "$W/big"
     python3 bench/make_config.py --dir "$W/big" --sts-port "$STS_PORT" --roles "$BIG_ROLES" --rate "$BIG_RATE"
+    wait_quiet
     curl -fsS -X POST -o /dev/null "$STS_URL/reset"
     log "starting a broker with $BIG_ROLES roles (max_calls_per_second = $BIG_RATE)"
     START=$(date +%s.%N)
@@ -278,7 +331,8 @@ span = (s["last"] - s["first"]) if s["total"] > 1 else 0.0
 json.dump({"roles": $BIG_ROLES, "rate": $BIG_RATE, "hwm_kib": $BIG_HWM, "rss_kib": $(rss_kib "$BIG"),
            "sts_calls": s["total"], "span_s": span,
            "calls_per_s": (s["total"] - 1) / span if span else 0.0,
-           "max_per_second": s["max_per_second"], "ready_s": $READY - $START}, open(sys.argv[2], "w"))
+           "max_per_second": s["max_per_second"], "max_per_5s": s["max_per_5s"],
+           "ready_s": $READY - $START}, open(sys.argv[2], "w"))
 EOF
     log "10k roles: $(cat "$OUT/big.json")"
     kill -TERM "$BIG"
