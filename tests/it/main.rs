@@ -12,6 +12,7 @@ mod fake_sts;
 mod fuzz;
 mod hardening;
 mod helpers;
+mod iam;
 mod imds;
 mod kinds;
 mod lifecycle;
