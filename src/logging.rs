@@ -38,10 +38,11 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Installs the global subscriber.
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber; `default` applies when `RUST_LOG` is unset (the daemon
+/// logs at `info`, one-shot commands at `warn` so their output stays readable).
+pub fn init(format: LogFormat, default: LevelFilter) {
     let env = EnvFilter::builder()
-        .with_default_directive(LevelFilter::INFO.into())
+        .with_default_directive(default.into())
         .from_env_lossy();
     let caps = CAPPED_TARGETS.iter().fold(
         Targets::new().with_default(LevelFilter::TRACE),

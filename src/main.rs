@@ -92,7 +92,11 @@ fn main() -> ExitCode {
             LogFormat::Json
         }
     });
-    logging::init(format);
+    let default_level = match cli.command {
+        Command::Serve(_) => tracing::level_filters::LevelFilter::INFO,
+        _ => tracing::level_filters::LevelFilter::WARN,
+    };
+    logging::init(format, default_level);
     let ctx = LoadContext::from_system();
     let path = match &cli.command {
         Command::Serve(c) | Command::Check(c) => &c.config,

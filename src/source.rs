@@ -33,7 +33,14 @@ pub async fn build_sts(config: &Config) -> Result<Sts, String> {
     };
     let base = base_sdk_config(&config.sts, profile).await;
     let provider = match &config.source {
-        SourceConfig::Default | SourceConfig::Profile { .. } => base.credentials_provider(),
+        SourceConfig::Default => base.credentials_provider(),
+        // The profile alone: exported AWS_ACCESS_KEY_ID must not win over it (the default
+        // chain would let it).
+        SourceConfig::Profile { name } => Some(SharedCredentialsProvider::new(
+            aws_config::profile::ProfileFileCredentialsProvider::builder()
+                .profile_name(name)
+                .build(),
+        )),
         SourceConfig::StaticEnv => Some(SharedCredentialsProvider::new(
             aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
         )),

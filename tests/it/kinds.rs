@@ -463,3 +463,32 @@ async fn every_kind_end_to_end_against_moto() {
         assert!(arn.starts_with("arn:aws:"), "{role}: {arn}");
     }
 }
+
+#[tokio::test]
+async fn a_profile_source_signs_with_the_profile_even_when_env_keys_are_set() {
+    let sts = FakeSts::start().await;
+    let dir = ConfigDir::new();
+    let creds = dir.write(
+        "credentials",
+        "[broker]\naws_access_key_id = AKIDFROMPROFILE\naws_secret_access_key = profile-secret\n",
+    );
+    let config = config_head(&sts.url()).replace(
+        "[source]\nkind = \"static_env\"",
+        "[source]\nkind = \"profile\"\nname = \"broker\"",
+    ) + &role("app", "");
+    let creds = creds.display().to_string();
+    // broker_env exports AWS_ACCESS_KEY_ID too: the profile must still win.
+    let broker = TestBroker::start_wrapped(
+        &dir,
+        &config,
+        "info",
+        &[],
+        &[("AWS_SHARED_CREDENTIALS_FILE", &creds)],
+    )
+    .await;
+    broker.wait_ready(Duration::from_secs(10)).await;
+    assert_eq!(
+        sts.requests()[0].signed_with.as_deref(),
+        Some("AKIDFROMPROFILE")
+    );
+}
