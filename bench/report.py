@@ -73,7 +73,8 @@ def main():
          f"kernel {machine['kernel']}; sts-broker {machine['commit']}; {machine['nginx']}; "
          f"{machine['wrk']}; {machine['rounds']} rounds of A B A B, medians; wrk 2 threads, "
          f"keep-alive, {machine['duration']} s per run at 64 connections, "
-         f"{machine['duration8']} s at 8.")
+         f"{machine['duration8']} s at 8; nginx {machine.get('nginx_workers', 2)} workers"
+         + (f"; broker environment `{machine['broker_env']}`" if machine.get("broker_env") else "") + ".")
     both()
     both("| scenario | sts-broker req/s | nginx req/s | ratio median (min) | target | "
          "broker p50 / p99 | nginx p50 / p99 | p99 target | CPU µs/req broker / nginx | "
@@ -103,11 +104,14 @@ def main():
             pt = "≤ nginx: " + ("met" if pok else "MISS")
             verdicts.append((f"{name} ratio", ok))
             verdicts.append((f"{name} p99 ≤ nginx", pok))
-        else:
+        elif conns == 8:
             rt = "—"
             pok = p99a < 1.0
             pt = "< 1 ms: " + ("met" if pok else "MISS")
             verdicts.append((f"{name} p99 < 1 ms", pok))
+        else:  # light load: a diagnostic, not one of the targets
+            rt = "—"
+            pt = f"(diagnostic) < 1 ms: {'yes' if p99a < 1.0 else 'no'}"
         def cs(X):
             xs = [X[r]["ctx_switches"] * 1000 / X[r]["requests"] for r in rounds
                   if X[r].get("ctx_switches") is not None]
@@ -123,6 +127,9 @@ def main():
     pair("IMDS cached hit, 64 conns", "imds64_broker", "imds64_nginx", 64)
     pair("ECS cached hit, 8 conns", "ecs8_broker", "ecs8_nginx", 8)
     pair("IMDS cached hit, 8 conns", "imds8_broker", "imds8_nginx", 8)
+    think = machine.get("think_ms", 1)
+    pair(f"ECS, 8 conns, {think} ms pause between requests", "ecs8think_broker", "ecs8think_nginx", 0)
+    pair(f"IMDS, 8 conns, {think} ms pause between requests", "imds8think_broker", "imds8think_nginx", 0)
     both()
 
     naive = runs.get("naive64")

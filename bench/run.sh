@@ -6,7 +6,9 @@
 # roles, nginx (2 workers) serving the broker's exact response bytes from static files, and a
 # naive broker that calls STS on every request. Then, on loopback only:
 #   1. wrk (2 threads, keep-alive) interleaved A B A B for ROUNDS rounds: ECS and IMDS cached
-#      hits vs nginx at 64 connections, the naive broker at 64, and both again at 8 connections;
+#      hits vs nginx at 64 connections, the naive broker at 64, and both again at 8 connections
+#      (closed loop: as fast as they answer) and at 8 connections that each pause THINK_MS
+#      between requests (light load: the latency of a request, not of the CPU queue);
 #   2. the cold path: 1000 concurrent first requests for a prefetch = false role (3 roles);
 #   3. memory: VmHWM idle with 100 roles, after the load, and with 10,000 roles prefetched
 #      (with the STS calls/s the fake STS saw during that prefetch).
@@ -14,7 +16,8 @@
 #
 # Knobs (environment): ROUNDS=3 DURATION=10 DURATION8=5 ROLES=100 BIG_ROLES=10000 BIG_RATE=250
 # COLD_N=1000 STS_LATENCY_MS=20-50 OUT=target/bench/<time> SKIP_BUILD=1 SKIP_BIG=1
-# QUIET_MAX=10 QUIET_WAIT=60 QUIET_BUDGET=240.
+# QUIET_MAX=10 QUIET_WAIT=60 QUIET_BUDGET=240 THINK_MS=1 NGINX_WORKERS=2
+# BROKER_ENV="TOKIO_WORKER_THREADS=1" (extra environment for the broker under test: what-if runs).
 #
 # Noise guard: the machine has 2 cores, shared by wrk and the server under test. Before every
 # wrk run the script waits (up to QUIET_WAIT s per run, QUIET_BUDGET s in all) until other
@@ -33,6 +36,9 @@ COLD_N=${COLD_N:-1000}
 COLD_ROLES=3
 STS_LATENCY_MS=${STS_LATENCY_MS:-20-50}
 QUIET_MAX=${QUIET_MAX:-10}
+THINK_MS=${THINK_MS:-1}
+NGINX_WORKERS=${NGINX_WORKERS:-2}
+BROKER_ENV=${BROKER_ENV:-}
 QUIET_WAIT=${QUIET_WAIT:-60}
 QUIET_BUDGET=${QUIET_BUDGET:-240}
 WAITED=0
@@ -145,6 +151,7 @@ json.dump({
     "nginx": sh("$NGINX -v").stderr.strip().replace("nginx version: ", ""),
     "wrk": (sh("wrk -v").stdout + sh("wrk -v").stderr).split("\n")[0].split(" [")[0].strip(),
     "rustc": sh("rustc --version").stdout.strip(),
+    "broker_env": "$BROKER_ENV", "nginx_workers": $NGINX_WORKERS, "think_ms": $THINK_MS,
     "rounds": $ROUNDS, "duration": $DURATION, "duration8": $DURATION8,
     "sts_latency_ms": "$STS_LATENCY_MS", "roles": $ROLES,
 }, open(sys.argv[1], "w"), indent=1)
@@ -166,7 +173,7 @@ export RUST_LOG=${RUST_LOG:-info}
 mkdir -p "$W/main"
 python3 bench/make_config.py --dir "$W/main" --sts-port "$STS_PORT" --roles "$ROLES" \
     --cold "$COLD_ROLES" --imds --rate 100
-"$BIN" serve -c "$W/main/broker.toml" --log-format json 2>"$W/main/broker.log" &
+env $BROKER_ENV "$BIN" serve -c "$W/main/broker.toml" --log-format json 2>"$W/main/broker.log" &
 BROKER=$!
 PIDS+=($BROKER)
 ECS=$(broker_addr "$W/main/broker.log" ecs)
@@ -193,7 +200,7 @@ log "idle: VmHWM $IDLE_HWM KiB, VmRSS $IDLE_RSS KiB"
 # --- nginx: the same bytes from static files ---------------------------------------------------
 NGINX_PORT=$(free_port)
 cat >"$W/nginx.conf" <<EOF
-worker_processes 2;
+worker_processes $NGINX_WORKERS;
 daemon off;
 pid $W/nginx.pid;
 error_log $W/nginx-error.log warn;
@@ -225,8 +232,8 @@ PIDS+=($NGINX_PID)
 for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$NGINX_PORT$ECS_PATH" 2>/dev/null && break; sleep 0.05; done
 cmp <(curl -fsS "http://127.0.0.1:$NGINX_PORT$ECS_PATH") "$W/www/ecs.json" || die "nginx ECS bytes differ"
 cmp <(curl -fsS "http://127.0.0.1:$NGINX_PORT$IMDS_PATH") "$W/www/imds.json" || die "nginx IMDS bytes differ"
-NGINX_WORKERS=$(ps -o pid= --ppid "$NGINX_PID" | tr '\n' ' ')
-log "nginx on 127.0.0.1:$NGINX_PORT, workers $NGINX_WORKERS; bodies $(wc -c <"$W/www/ecs.json") and $(wc -c <"$W/www/imds.json") bytes"
+NGINX_PIDS=$(ps -o pid= --ppid "$NGINX_PID" | tr '\n' ' ')
+log "nginx on 127.0.0.1:$NGINX_PORT, workers $NGINX_PIDS; bodies $(wc -c <"$W/www/ecs.json") and $(wc -c <"$W/www/imds.json") bytes"
 
 # --- naive broker ----------------------------------------------------------------------------
 python3 bench/naive_broker.py --port-file "$W/naive.port" --sts "$STS_URL" --role app0 \
@@ -248,6 +255,9 @@ wrk.method = "GET"
 wrk.path = "$IMDS_PATH"
 wrk.headers["X-aws-ec2-metadata-token"] = "$IMDS_TOKEN"
 EOF
+for ep in ecs imds; do
+    { cat "$W/$ep.lua"; echo "function delay() return $THINK_MS end"; } >"$W/${ep}_think.lua"
+done
 # run LABEL ROUND CONNS SECONDS SCRIPT ADDR PIDS...: one wrk run; saves wrk's output, the
 # server's CPU seconds, wrk's, and the background's (everything else on the machine).
 run() {
@@ -283,14 +293,18 @@ done
 for r in $(seq 1 "$ROUNDS"); do
     log "round $r of $ROUNDS"
     run ecs64_broker "$r" 64 "$DURATION" "$W/ecs.lua" "$ECS" "$BROKER"
-    run ecs64_nginx "$r" 64 "$DURATION" "$W/ecs.lua" "$NG" $NGINX_WORKERS
+    run ecs64_nginx "$r" 64 "$DURATION" "$W/ecs.lua" "$NG" $NGINX_PIDS
     run imds64_broker "$r" 64 "$DURATION" "$W/imds.lua" "$IMDS" "$BROKER"
-    run imds64_nginx "$r" 64 "$DURATION" "$W/imds.lua" "$NG" $NGINX_WORKERS
+    run imds64_nginx "$r" 64 "$DURATION" "$W/imds.lua" "$NG" $NGINX_PIDS
     run naive64 "$r" 64 "$DURATION" "$W/ecs.lua" "$NAIVE" $NAIVE_PIDS
     run ecs8_broker "$r" 8 "$DURATION8" "$W/ecs.lua" "$ECS" "$BROKER"
-    run ecs8_nginx "$r" 8 "$DURATION8" "$W/ecs.lua" "$NG" $NGINX_WORKERS
+    run ecs8_nginx "$r" 8 "$DURATION8" "$W/ecs.lua" "$NG" $NGINX_PIDS
     run imds8_broker "$r" 8 "$DURATION8" "$W/imds.lua" "$IMDS" "$BROKER"
-    run imds8_nginx "$r" 8 "$DURATION8" "$W/imds.lua" "$NG" $NGINX_WORKERS
+    run imds8_nginx "$r" 8 "$DURATION8" "$W/imds.lua" "$NG" $NGINX_PIDS
+    run ecs8think_broker "$r" 8 "$DURATION8" "$W/ecs_think.lua" "$ECS" "$BROKER"
+    run ecs8think_nginx "$r" 8 "$DURATION8" "$W/ecs_think.lua" "$NG" $NGINX_PIDS
+    run imds8think_broker "$r" 8 "$DURATION8" "$W/imds_think.lua" "$IMDS" "$BROKER"
+    run imds8think_nginx "$r" 8 "$DURATION8" "$W/imds_think.lua" "$NG" $NGINX_PIDS
 done
 LOADED_HWM=$(hwm_kib "$BROKER")
 log "after load: VmHWM $LOADED_HWM KiB"
