@@ -162,9 +162,27 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 /// Serializes into memory that is wiped when the last `Bytes` clone drops.
+///
+/// The buffer is sized exactly (a counting pass first): with thousands of roles, spare
+/// capacity in three bodies per role is most of the broker's memory, and growing a buffer
+/// would leave unwiped copies of the secret behind.
 fn zeroizing_json(value: &impl serde::Serialize) -> Bytes {
-    let mut buf = Zeroizing::new(Vec::with_capacity(2048));
+    /// Counts what would be written.
+    struct Len(usize);
+    impl std::io::Write for Len {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut len = Len(0);
+    serde_json::to_writer(&mut len, value).expect("serializing plain strings cannot fail");
+    let mut buf = Zeroizing::new(Vec::with_capacity(len.0));
     serde_json::to_writer(&mut *buf, value).expect("serializing plain strings cannot fail");
+    debug_assert_eq!(buf.len(), buf.capacity());
     Bytes::from_owner(ZeroizingBytes(buf))
 }
 
