@@ -2,9 +2,10 @@
 """Summarises a massif.out: the heap at its peak snapshot, grouped by the first frame (from the
 allocation upward) that names one of the interesting crates, so per-subsystem bytes stand out.
 
-    python3 bench/massif_top.py massif.out [N] [peak|last]
+    python3 bench/massif_top.py massif.out [N] [peak|last|first-over=MIB]
 
-`last`: the last detailed snapshot instead (the steady state once every role is fetched).
+`last`: the last detailed snapshot instead; `first-over=100`: the first detailed snapshot whose
+heap exceeds 100 MiB (how a peak was reached).
 """
 
 import re
@@ -24,6 +25,10 @@ def main():
     lines = open(path).read().split("\n")
     if which == "peak":
         i = next(n for n, l in enumerate(lines) if l == "heap_tree=peak")
+    elif which.startswith("first-over="):
+        limit = float(which.split("=")[1]) * 1048576
+        i = next(n for n, l in enumerate(lines) if l in ("heap_tree=detailed", "heap_tree=peak")
+                 and int(lines[n - 3].split("=")[1]) > limit)
     else:
         i = max(n for n, l in enumerate(lines) if l in ("heap_tree=detailed", "heap_tree=peak"))
     heap = next(int(l.split("=")[1]) for l in lines[i - 6:i] if l.startswith("mem_heap_B="))

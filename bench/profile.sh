@@ -10,9 +10,12 @@
 #    prints instructions per request and the top functions (exclusive and inclusive).
 # 4. perf (cpu-clock sampling, works without hardware counters): 10 s of wrk per endpoint on
 #    the same binary at full speed; prints the top symbols including the kernel's.
-# Output in $OUT (default target/profiling/<time>). About 8 minutes with a warm build.
+# 5. massif: the heap while a broker with MEM_ROLES (10,000) roles prefetches at MEM_RATE (250)
+#    STS calls/s, grouped by subsystem at its peak and at the end (bench/massif_top.py).
+# Output in $OUT (default target/profiling/<time>). About 6 minutes with a warm build.
 #
-# Knobs: BIN=path (skip the build), SECONDS_CG=10 SECONDS_PERF=10 SKIP_PERF=1 SKIP_CALLGRIND=1.
+# Knobs: BIN=path (skip the build), SECONDS_CG=10 SECONDS_PERF=10 MEM_ROLES=10000 MEM_RATE=250
+# SKIP_CALLGRIND=1 SKIP_PERF=1 SKIP_MASSIF=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_CG=${SECONDS_CG:-10}
@@ -138,19 +141,23 @@ fi
 
 # Memory: which allocations hold the heap at its peak with MEM_ROLES roles prefetched (massif).
 if [ -z "${SKIP_MASSIF:-}" ]; then
-    MEM_ROLES=${MEM_ROLES:-2000}
+    MEM_ROLES=${MEM_ROLES:-10000}
+    MEM_RATE=${MEM_RATE:-250}
     mkdir -p "$W/mem"
-    python3 bench/make_config.py --dir "$W/mem" --sts-port "$(cat "$W/sts.port")" --roles "$MEM_ROLES" --rate 500
-    valgrind --tool=massif --depth=40 --threshold=0.5 --massif-out-file="$OUT/massif.out" -q \
+    python3 bench/make_config.py --dir "$W/mem" --sts-port "$(cat "$W/sts.port")" --roles "$MEM_ROLES" --rate "$MEM_RATE"
+    valgrind --tool=massif --depth=40 --threshold=0.5 --detailed-freq=3 --max-snapshots=200 --massif-out-file="$OUT/massif.out" -q \
         "$BIN" serve -c "$W/mem/broker.toml" --log-format json 2>"$W/mem/broker.log" &
     BPID=$!
     PIDS+=($BPID)
     MADMIN=$(broker_addr "$W/mem/broker.log" admin)
-    for _ in $(seq 1 1200); do curl -fs -o /dev/null "http://$MADMIN/readyz" && break; sleep 0.1; done
+    for _ in $(seq 1 6000); do curl -fs -o /dev/null "http://$MADMIN/readyz" && break; sleep 0.1; done
+    curl -fs -o /dev/null "http://$MADMIN/readyz" || log "massif: the broker was not ready after 600 s"
     sleep 2
     stop_broker
     ms_print --threshold=1 "$OUT/massif.out" >"$OUT/massif.txt"
-    log "massif ($MEM_ROLES roles): peak $(grep -m1 -o 'peak' "$OUT/massif.txt" >/dev/null && awk '/^ *[0-9]+ +[0-9,]+ +[0-9,]+ +[0-9,]+ +[0-9,]+ +[0-9,]+$/ {gsub(",","",$3); if ($3>m) m=$3} END {print m}' "$OUT/massif.txt") bytes total"
+    python3 bench/massif_top.py "$OUT/massif.out" 15 peak >"$OUT/massif-peak.txt"
+    python3 bench/massif_top.py "$OUT/massif.out" 15 last >"$OUT/massif-last.txt"
+    log "massif ($MEM_ROLES roles): $(head -1 "$OUT/massif-peak.txt"); $(head -1 "$OUT/massif-last.txt")"
 fi
 log "profiles in $OUT"
 ls "$OUT"
