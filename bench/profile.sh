@@ -27,6 +27,7 @@ die() { log "error: $*"; exit 1; }
 
 need_pkgs=()
 command -v wrk >/dev/null || need_pkgs+=(wrk)
+command -v curl >/dev/null || need_pkgs+=(curl)
 command -v valgrind >/dev/null || need_pkgs+=(valgrind)
 command -v perf >/dev/null || need_pkgs+=(linux-perf)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -12,7 +12,7 @@
 #   2. the cold path: 1000 concurrent first requests for a prefetch = false role (3 roles);
 #   3. memory: VmHWM idle with 100 roles, after the load, and with 10,000 roles prefetched
 #      (with the STS calls/s the fake STS saw during that prefetch).
-# Prints the table (also written to $OUT/summary.md). About 6 minutes with a warm build.
+# Prints the table (also written to $OUT/summary.md). About 7 minutes with a warm build, 10 cold.
 #
 # Knobs (environment): ROUNDS=3 DURATION=10 DURATION8=5 ROLES=100 BIG_ROLES=10000 BIG_RATE=250
 # COLD_N=1000 STS_LATENCY_MS=20-50 OUT=target/bench/<time> SKIP_BUILD=1 SKIP_BIG=1
@@ -51,11 +51,11 @@ die() { log "error: $*"; exit 1; }
 
 # --- tools -----------------------------------------------------------------------------------
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-if ! command -v wrk >/dev/null || [ ! -x "$NGINX" ]; then
-    log "installing wrk and nginx (Debian packages)"
+if ! command -v wrk >/dev/null || [ ! -x "$NGINX" ] || ! command -v curl >/dev/null; then
+    log "installing wrk, nginx and curl (Debian packages)"
     SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends wrk nginx >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends wrk nginx curl >/dev/null
     NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 fi
 command -v python3 >/dev/null || die "python3 is needed"
