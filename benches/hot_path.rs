@@ -142,6 +142,11 @@ fn bench_render(c: &mut Criterion) {
                 black_box(&creds),
                 SystemTime::now(),
                 Duration::from_secs(900),
+                // The IMDS role renders all three bodies: the most work.
+                sts_broker::cache::SlotUses {
+                    imds: true,
+                    source: true,
+                },
             )
         })
     });
@@ -155,7 +160,7 @@ fn bench_cache(c: &mut Criterion) {
     let cfg = parse(1);
     let fetch: Fetch = Arc::new(|_cache, _slot| async { Ok(creds()) }.boxed());
     let cache = CredentialCache::new(fetch, Duration::from_secs(900), 100_000);
-    let slot = RoleSlot::new(Arc::clone(&cfg.roles[0]), 0, None);
+    let slot = RoleSlot::new(Arc::clone(&cfg.roles[0]), 0, None, Default::default());
     rt.block_on(cache.load(&slot)).expect("fetch succeeds");
     // A warm read completes without yielding: poll it once, no executor in the measurement.
     assert!(cache.peek(&slot.key).now_or_never().flatten().is_some());

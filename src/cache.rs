@@ -37,14 +37,14 @@ pub struct RoleKey {
 pub struct Served {
     /// The ECS response body. Backed by zeroizing memory: wiped when the last clone drops.
     pub ecs_body: Bytes,
-    /// The IMDS `security-credentials/{name}` body (same zeroizing backing).
-    pub imds_body: Bytes,
-    /// The IMDS `security-credentials-extended/{name}` body: the above plus `AccountId`.
-    pub imds_extended_body: Bytes,
+    /// The IMDS bodies — `security-credentials/{name}`, and `-extended/{name}` with
+    /// `AccountId` (same zeroizing backing) — for the one role `[imds]` exposes only.
+    pub imds_bodies: Option<(Bytes, Bytes)>,
     /// Safe to log and to show; joins our logs to CloudTrail.
     pub access_key_id: String,
-    /// The credentials themselves (redacting, zeroizing): what a chained role signs with.
-    pub credentials: Credentials,
+    /// The credentials themselves (redacting, zeroizing), kept only for roles that are some
+    /// role's `source_role`: what the chained role signs with.
+    pub credentials: Option<Credentials>,
     pub expiration: SystemTime,
     /// When the broker received them.
     pub issued: SystemTime,
@@ -72,6 +72,7 @@ impl Served {
         creds: &Credentials,
         now: SystemTime,
         min_remaining: Duration,
+        uses: SlotUses,
     ) -> Served {
         #[derive(serde::Serialize)]
         #[serde(rename_all = "PascalCase")]
@@ -128,14 +129,16 @@ impl Served {
             expiration: &expiration,
             account_id: None,
         };
-        let imds_body = zeroizing_json(&imds);
-        imds.account_id = account_id;
+        let imds_bodies = uses.imds.then(|| {
+            let plain = zeroizing_json(&imds);
+            imds.account_id = account_id;
+            (plain, zeroizing_json(&imds))
+        });
         Served {
             ecs_body: zeroizing_json(&ecs),
-            imds_body,
-            imds_extended_body: zeroizing_json(&imds),
+            imds_bodies,
             access_key_id: creds.access_key_id.clone(),
-            credentials: creds.clone(),
+            credentials: uses.source.then(|| creds.clone()),
             expiration: creds.expiration,
             issued: now,
             serve_until: creds
@@ -209,12 +212,22 @@ pub struct RoleStatus {
 
 type InflightFetch = Shared<BoxFuture<'static, Result<Arc<Served>, FetchError>>>;
 
+/// What a role's credentials are used for besides the ECS endpoint; decides what is kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotUses {
+    /// It is the role `[imds]` exposes: render the IMDS bodies too.
+    pub imds: bool,
+    /// It is some role's `source_role`: keep the raw credentials to sign with.
+    pub source: bool,
+}
+
 /// One configured role (one generation of it) and its bookkeeping.
 pub struct RoleSlot {
     pub config: Arc<RoleConfig>,
     pub key: RoleKey,
     /// Role chaining: the slot of `source_role`, whose credentials sign this role's calls.
     pub base: Option<Arc<RoleSlot>>,
+    pub uses: SlotUses,
     status: Mutex<RoleStatus>,
     inflight: Mutex<Option<InflightFetch>>,
     /// Wakes the role's refresh task: first activation of a lazy role, forced refresh.
@@ -234,9 +247,11 @@ impl RoleSlot {
         config: Arc<RoleConfig>,
         generation: u64,
         base: Option<Arc<RoleSlot>>,
+        uses: SlotUses,
     ) -> Arc<RoleSlot> {
         Arc::new(RoleSlot {
             base,
+            uses,
             key: RoleKey {
                 name: Arc::from(config.name.as_str()),
                 generation,
@@ -393,6 +408,7 @@ impl CredentialCache {
                                     &c,
                                     SystemTime::now(),
                                     cache.min_remaining(),
+                                    task_slot.uses,
                                 );
                                 Arc::new(served)
                             });

@@ -44,7 +44,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::{CredentialCache, RoleKey, RoleSlot};
+use crate::cache::{CredentialCache, RoleKey, RoleSlot, SlotUses};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::refresh::{RateLimiter, Upstream};
@@ -290,6 +290,12 @@ impl Broker {
     async fn apply_roles(&self, config: &Arc<Config>, old: &HashMap<String, Arc<RoleSlot>>) {
         let mut roles: HashMap<String, Arc<RoleSlot>> = HashMap::new();
         let mut tasks = self.role_tasks.lock().await;
+        let sources: std::collections::HashSet<&str> = config
+            .roles
+            .iter()
+            .filter_map(|r| r.spec.source_role())
+            .collect();
+        let imds_role = config.imds.as_ref().map(|i| i.role.as_str());
         let mut pending: Vec<&Arc<config::RoleConfig>> = config.roles.iter().collect();
         while !pending.is_empty() {
             let (ready, waiting): (Vec<_>, Vec<_>) = pending
@@ -307,13 +313,21 @@ impl Broker {
                     (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                     _ => false,
                 };
+                let uses = SlotUses {
+                    imds: imds_role == Some(role.name.as_str()),
+                    source: sources.contains(role.name.as_str()),
+                };
                 let slot = match old.get(&role.name) {
-                    Some(slot) if slot.config.spec == role.spec && same_base(slot) => {
+                    Some(slot)
+                        if slot.config.spec == role.spec
+                            && same_base(slot)
+                            && slot.uses == uses =>
+                    {
                         Arc::clone(slot)
                     }
                     _ => {
                         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-                        let slot = RoleSlot::new(Arc::clone(role), generation, base);
+                        let slot = RoleSlot::new(Arc::clone(role), generation, base, uses);
                         let stop = self.refresh_stop.child_token();
                         tasks.insert(slot.key.clone(), stop.clone());
                         self.refreshers.spawn(refresh::role_loop(

@@ -135,7 +135,7 @@ pub fn fetcher(
                 let signer = match &slot.base {
                     Some(base) => {
                         let wait = config.sts.timeout * 2 + Duration::from_secs(1);
-                        let served = cache.get(base, wait).await.map_err(|e| match e {
+                        let served = Box::pin(cache.get(base, wait)).await.map_err(|e| match e {
                             CacheError::Fetch(f) => FetchError::new(
                                 f.class,
                                 f.code,
@@ -147,16 +147,27 @@ pub fn fetcher(
                                 format!("source role {:?} did not get credentials in time", base.config.name),
                             ),
                         })?;
-                        Some(served.credentials.clone())
+                        let creds = served.credentials.clone().ok_or_else(|| {
+                            FetchError::new(
+                                ErrorClass::Transient,
+                                None,
+                                format!(
+                                    "internal: source role {:?} keeps no credentials",
+                                    base.config.name
+                                ),
+                            )
+                        })?;
+                        Some(creds)
                     }
                     None => None,
                 };
-                let inputs = source::gather_inputs(&slot.config, signer).await?;
+                // The SDK call's future is large (~6 KB); boxing it (and the input
+                // gathering) keeps the thousands of fetches that wait for their rate-limit
+                // slot at start-up small.
+                let inputs = Box::pin(source::gather_inputs(&slot.config, signer)).await?;
                 upstream.limiter.acquire().await;
                 let started = Instant::now();
-                let result = upstream
-                    .sts
-                    .obtain(&slot.config, inputs)
+                let result = Box::pin(upstream.sts.obtain(&slot.config, inputs))
                     .await
                     .and_then(|c| check_lifetime(c, config.refresh.min_remaining));
                 metrics.observe_sts_call(role, api, &result, started.elapsed());
@@ -254,7 +265,8 @@ pub async fn role_loop(
     loop {
         let now = SystemTime::now();
         let refresh = config.load().refresh.clone();
-        let due = match cache.peek(&slot.key).await {
+        // Boxed: one of these futures lives per role; keep the idle state small.
+        let due = match Box::pin(cache.peek(&slot.key)).await {
             Some(served) => refresh_due(
                 served.issued,
                 served.expiration,
@@ -274,7 +286,7 @@ pub async fn role_loop(
             () = cancel.cancelled() => return,
         }
         // Failures are recorded (status, back-off gate, log) by the fetch function.
-        let _ = cache.load(&slot).await;
+        let _ = Box::pin(cache.load(&slot)).await;
     }
 }
 

@@ -49,7 +49,7 @@ async fn concurrent_cold_requests_share_one_fetch() {
         Duration::from_secs(60),
         100,
     );
-    let slot = RoleSlot::new(role(), 1, None);
+    let slot = RoleSlot::new(role(), 1, None, SlotUses::default());
     let barrier = Arc::new(tokio::sync::Barrier::new(64));
     let mut tasks = Vec::new();
     for _ in 0..64 {
@@ -83,7 +83,7 @@ async fn a_cancelled_waiter_does_not_cancel_the_fetch() {
         Duration::from_secs(60),
         100,
     );
-    let slot = RoleSlot::new(role(), 1, None);
+    let slot = RoleSlot::new(role(), 1, None, SlotUses::default());
     // The first waiter gives up (client disconnect / timeout) …
     assert_eq!(
         cache
@@ -106,7 +106,16 @@ fn rendered_body_is_the_ecs_shape() {
         expiration: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000),
         assumed_arn: None,
     };
-    let served = Served::render(&role(), &c, SystemTime::now(), Duration::from_secs(900));
+    let served = Served::render(
+        &role(),
+        &c,
+        SystemTime::now(),
+        Duration::from_secs(900),
+        SlotUses {
+            imds: true,
+            source: false,
+        },
+    );
     let v: serde_json::Value = serde_json::from_slice(&served.ecs_body).unwrap();
     assert_eq!(
         v,
@@ -133,7 +142,7 @@ async fn credentials_below_min_remaining_are_not_served() {
         Duration::from_secs(1),
         100,
     );
-    let slot = RoleSlot::new(role(), 1, None);
+    let slot = RoleSlot::new(role(), 1, None, SlotUses::default());
     cache.get(&slot, Duration::from_secs(1)).await.unwrap();
     assert!(cache.peek(&slot.key).await.is_some());
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -158,7 +167,7 @@ async fn force_refresh_replaces_the_entry() {
         Duration::from_secs(60),
         100,
     );
-    let slot = RoleSlot::new(role(), 1, None);
+    let slot = RoleSlot::new(role(), 1, None, SlotUses::default());
     let first = cache.get(&slot, Duration::from_secs(1)).await.unwrap();
     let second = cache.force_refresh(&slot).await.unwrap();
     assert_ne!(first.access_key_id, second.access_key_id);
@@ -185,7 +194,7 @@ async fn fetch_errors_reach_every_waiter_and_nothing_is_cached() {
         .boxed()
     });
     let cache = CredentialCache::new(fetch, Duration::from_secs(60), 100);
-    let slot = RoleSlot::new(role(), 1, None);
+    let slot = RoleSlot::new(role(), 1, None, SlotUses::default());
     let (a, b) = tokio::join!(
         cache.get(&slot, Duration::from_secs(2)),
         cache.get(&slot, Duration::from_secs(2))

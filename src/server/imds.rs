@@ -294,10 +294,17 @@ fn issue_token(ctx: &ImdsContext, imds: &ImdsConfig, req: &Request<Incoming>) ->
 }
 
 fn credentials(served: &Served, extended: bool) -> Response<Body> {
+    let Some((plain, with_account)) = &served.imds_bodies else {
+        // Rendered before this role became the IMDS role; the next refresh renders them.
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "credentials for the IMDS role are being prepared; retry",
+        );
+    };
     let body = if extended {
-        served.imds_extended_body.clone()
+        with_account.clone()
     } else {
-        served.imds_body.clone()
+        plain.clone()
     };
     let mut resp = Response::new(Full::new(body));
     resp.headers_mut()
