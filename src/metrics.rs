@@ -32,6 +32,8 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     request_duration: HistogramVec,
+    /// `request_duration` for ecs, imds, admin.
+    latency: [Histogram; 3],
     sts_calls: IntCounterVec,
     sts_duration: HistogramVec,
     expiry: IntGaugeVec,
@@ -151,6 +153,7 @@ impl Metrics {
         Metrics {
             registry,
             requests,
+            latency: ["ecs", "imds", "admin"].map(|e| request_duration.with_label_values(&[e])),
             request_duration,
             sts_calls,
             sts_duration,
@@ -184,12 +187,21 @@ impl Metrics {
         self.requests
             .with_label_values(&[endpoint, role, status_str(status, &mut code)])
             .inc();
-        self.request_duration_for(endpoint)
-            .observe(took.as_secs_f64());
+        self.observe_latency(endpoint, took.as_secs_f64());
     }
 
-    fn request_duration_for(&self, endpoint: &str) -> Histogram {
-        self.request_duration.with_label_values(&[endpoint])
+    /// The latency histogram of an endpoint: resolved once for the three listeners, so the
+    /// hot path skips the label lookup (a hash and a lock shared by every worker).
+    fn observe_latency(&self, endpoint: &str, seconds: f64) {
+        match endpoint {
+            "ecs" => self.latency[0].observe(seconds),
+            "imds" => self.latency[1].observe(seconds),
+            "admin" => self.latency[2].observe(seconds),
+            other => self
+                .request_duration
+                .with_label_values(&[other])
+                .observe(seconds),
+        }
     }
 
     /// Counts one STS call and its latency.

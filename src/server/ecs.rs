@@ -118,7 +118,9 @@ async fn answer(ctx: &EcsContext, snap: &Snapshot, req: &Request<Incoming>) -> O
     if http::has_body(req) {
         return Outcome::refused(http::body_not_allowed());
     }
-    let mut out = Outcome::refused(http::not_found());
+    // Every path below sets the response; start from an empty one (building a 404 here
+    // was a fifth of the hot path's instructions).
+    let mut out = Outcome::refused(Response::default());
     out.credentials_route = true;
     let Some(token) = req.headers().get(AUTHORIZATION) else {
         out.resp = http::error_response(

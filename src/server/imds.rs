@@ -56,6 +56,9 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 /// Issues and verifies stateless session tokens.
 pub struct TokenSigner {
     key: [u8; 32],
+    /// The HMAC state after absorbing the key: cloned per token instead of re-keying, which
+    /// halves the SHA-256 work per IMDS request.
+    keyed: HmacSha256,
 }
 
 impl std::fmt::Debug for TokenSigner {
@@ -73,13 +76,15 @@ impl Drop for TokenSigner {
 impl TokenSigner {
     /// A signer with a fresh random key (tokens do not survive a restart).
     pub fn generate() -> TokenSigner {
+        let key: [u8; 32] = rand::random();
         TokenSigner {
-            key: rand::random(),
+            keyed: HmacSha256::new_from_slice(&key).expect("HMAC takes any key length"),
+            key,
         }
     }
 
     fn mac(&self, expiry: u64) -> [u8; 16] {
-        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac = self.keyed.clone();
         mac.update(&expiry.to_be_bytes());
         let full = mac.finalize().into_bytes();
         let mut out = [0u8; 16];
