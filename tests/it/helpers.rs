@@ -547,3 +547,17 @@ pub fn clean_client(program: &Path, home: &Path) -> Command {
         .env("AWS_EC2_METADATA_DISABLED", "true");
     cmd
 }
+
+/// Runs `sts-broker check` on `path` and asserts it exits 78 naming every one of `wants`.
+#[track_caller]
+pub fn assert_check_reports(dir: &ConfigDir, path: &Path, wants: &[&str]) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["check", "-c", path.to_str().unwrap()]);
+    broker_env(&mut cmd, dir.path(), "warn");
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    for want in wants {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
