@@ -602,49 +602,37 @@ fn build_source(p: &mut Problems, raw: RawSource) -> SourceConfig {
     let scope = Scope::Table("source");
     let kind = raw.kind.as_deref().unwrap_or("default");
     // Keys that belong to another kind are mistakes worth reporting.
-    let mut only_for = |key: &str, present: bool, kinds: &str| {
-        if present {
+    let present = [
+        ("name", raw.name.is_some(), "profile"),
+        ("token_file", raw.token_file.is_some(), "web_identity"),
+        ("role_arn", raw.role_arn.is_some(), "web_identity"),
+        ("session_name", raw.session_name.is_some(), "web_identity"),
+    ];
+    for (key, is_set, owner) in present {
+        if is_set && owner != kind {
             p.error(
                 scope.clone(),
                 Some(key),
-                format!("only used with kind = {kinds}, not with kind = \"{kind}\""),
+                format!("only used with kind = \"{owner}\", not with kind = \"{kind}\""),
             );
         }
-    };
+    }
     match kind {
         "default" | "static_env" => {
-            only_for("name", raw.name.is_some(), "\"profile\"");
-            only_for("token_file", raw.token_file.is_some(), "\"web_identity\"");
-            only_for("role_arn", raw.role_arn.is_some(), "\"web_identity\"");
-            only_for(
-                "session_name",
-                raw.session_name.is_some(),
-                "\"web_identity\"",
-            );
             if kind == "default" {
                 SourceConfig::Default
             } else {
                 SourceConfig::StaticEnv
             }
         }
-        "profile" => {
-            only_for("token_file", raw.token_file.is_some(), "\"web_identity\"");
-            only_for("role_arn", raw.role_arn.is_some(), "\"web_identity\"");
-            only_for(
-                "session_name",
-                raw.session_name.is_some(),
-                "\"web_identity\"",
-            );
-            match raw.name {
-                Some(name) if !name.is_empty() => SourceConfig::Profile { name },
-                _ => {
-                    p.error(scope, Some("name"), "required with kind = \"profile\"");
-                    SourceConfig::Default
-                }
+        "profile" => match raw.name {
+            Some(name) if !name.is_empty() => SourceConfig::Profile { name },
+            _ => {
+                p.error(scope, Some("name"), "required with kind = \"profile\"");
+                SourceConfig::Default
             }
-        }
+        },
         "web_identity" => {
-            only_for("name", raw.name.is_some(), "\"profile\"");
             let token_file = raw.token_file.unwrap_or_default();
             if token_file.as_os_str().is_empty() {
                 p.error(

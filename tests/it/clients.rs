@@ -127,8 +127,14 @@ async fn boto3_reads_credentials_with_token_env_and_token_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_cli_get_caller_identity_through_the_broker() {
     let s = Setup::start().await;
-    for by_file in [false, true] {
-        let out = run_ok(s.client(&venv_bin("aws"), by_file).args([
+    let aws = venv_bin("aws");
+    let ways = [
+        ("ECS, token in the variable", s.client(&aws, false)),
+        ("ECS, token in a file", s.client(&aws, true)),
+        ("IMDS", s.imds_client(&aws)),
+    ];
+    for (how, mut cmd) in ways {
+        let out = run_ok(cmd.args([
             "sts",
             "get-caller-identity",
             "--endpoint-url",
@@ -137,18 +143,8 @@ async fn aws_cli_get_caller_identity_through_the_broker() {
             "json",
         ]));
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(v["Arn"], EXPECTED_ARN, "token by file: {by_file}");
+        assert_eq!(v["Arn"], EXPECTED_ARN, "{how}");
     }
-    let out = run_ok(s.imds_client(&venv_bin("aws")).args([
-        "sts",
-        "get-caller-identity",
-        "--endpoint-url",
-        &s.moto.url,
-        "--output",
-        "json",
-    ]));
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["Arn"], EXPECTED_ARN, "through IMDS");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

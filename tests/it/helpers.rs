@@ -381,6 +381,14 @@ impl TestBroker {
             .unwrap_or_else(|| panic!("role {name} not in /v1/roles"))
     }
 
+    /// Waits (up to 10 s) for a metric series to reach `value`.
+    pub async fn wait_for_metric(&self, series: &str, value: f64) -> bool {
+        eventually(Duration::from_secs(10), || async {
+            self.metric(series).await == Some(value)
+        })
+        .await
+    }
+
     /// Waits for `/readyz` to answer 200.
     pub async fn wait_ready(&self, timeout: Duration) {
         let ok = eventually(timeout, || async {

@@ -72,13 +72,9 @@ async fn sighup_reload_adds_and_removes_roles_and_a_bad_config_keeps_the_old_one
         &(head.clone() + "\n[[role]]\nname = \"broken\"\narn = \"nope\"\n"),
     );
     broker.signal("HUP");
-    let counted = eventually(Duration::from_secs(10), || async {
-        broker
-            .metric("sts_broker_config_reloads_total{outcome=\"error\"}")
-            .await
-            == Some(1.0)
-    })
-    .await;
+    let counted = broker
+        .wait_for_metric("sts_broker_config_reloads_total{outcome=\"error\"}", 1.0)
+        .await;
     assert!(counted, "{}", broker.logs());
     assert!(broker.logs().contains("reload failed"), "{}", broker.logs());
     assert!(
@@ -106,13 +102,9 @@ async fn sighup_reload_adds_and_removes_roles_and_a_bad_config_keeps_the_old_one
         ) + &role("app", "")),
     );
     broker.signal("HUP");
-    let rejected = eventually(Duration::from_secs(10), || async {
-        broker
-            .metric("sts_broker_config_reloads_total{outcome=\"rejected\"}")
-            .await
-            == Some(1.0)
-    })
-    .await;
+    let rejected = broker
+        .wait_for_metric("sts_broker_config_reloads_total{outcome=\"rejected\"}", 1.0)
+        .await;
     assert!(rejected, "{}", broker.logs());
 
     // Removing a role stops serving it.
