@@ -206,8 +206,22 @@ pub struct RoleStatus {
     pub access_key_id: Option<String>,
     pub consecutive_failures: u32,
     pub last_error: Option<FetchError>,
-    /// Back-off gate: no STS call for this role before this instant (unless forced).
+    /// Back-off gate: no STS call for this role before this instant (forced ones included).
     pub retry_not_before: Option<Instant>,
+    /// When the last forced refresh started its own fetch (coalescing window).
+    pub last_forced: Option<SystemTime>,
+}
+
+/// A forced refresh within this of the last fetched credentials returns those: repeated
+/// clicks, scripts in a loop or a forged request cost no STS call.
+pub const FORCED_REFRESH_COALESCE: Duration = Duration::from_secs(10);
+
+/// What a forced refresh produced.
+#[derive(Debug)]
+pub struct ForcedRefresh {
+    pub served: Arc<Served>,
+    /// Answered by a fetch already in flight or just finished, not by a call of its own.
+    pub coalesced: bool,
 }
 
 type InflightFetch = Shared<BoxFuture<'static, Result<Arc<Served>, FetchError>>>;
@@ -440,17 +454,48 @@ impl CredentialCache {
         fut.await
     }
 
-    /// Drops the cached entry and fetches anew at once, ignoring back-off: the operator's
-    /// answer to a session revocation.
+    /// Fetches new credentials now (the operator's answer to a session revocation) without
+    /// throwing the current ones away: they keep being served until the new ones are in, and
+    /// stay when STS fails. Concurrent forced refreshes join the fetch in flight; one within
+    /// [`FORCED_REFRESH_COALESCE`] of the last success answers with those credentials, and a
+    /// role in back-off answers with its last error: neither costs an STS call.
     pub async fn force_refresh(
         self: &Arc<Self>,
         slot: &Arc<RoleSlot>,
-    ) -> Result<Arc<Served>, FetchError> {
-        self.entries.invalidate(&slot.key).await;
-        slot.update_status(|s| s.retry_not_before = None);
+    ) -> Result<ForcedRefresh, FetchError> {
+        let in_flight = slot
+            .inflight
+            .lock()
+            .expect("inflight lock poisoned")
+            .is_some();
+        // Only credentials fetched after an earlier forced refresh started count: a
+        // scheduled refresh from before a revocation must not answer for it.
+        let last_forced = slot.status().last_forced;
+        if !in_flight
+            && let Some(forced) = last_forced
+            && forced
+                .elapsed()
+                .is_ok_and(|age| age < FORCED_REFRESH_COALESCE)
+            && let Some(served) = self.peek(&slot.key).await
+            && served.issued >= forced
+        {
+            return Ok(ForcedRefresh {
+                served,
+                coalesced: true,
+            });
+        }
+        if !in_flight {
+            slot.update_status(|s| s.last_forced = Some(SystemTime::now()));
+        }
+        // The fetch function's back-off gate answers without calling STS while it is closed.
         let result = self.load(slot).await;
-        slot.wake.notify_one();
-        result
+        if result.is_ok() {
+            slot.wake.notify_one();
+        }
+        result.map(|served| ForcedRefresh {
+            served,
+            coalesced: in_flight,
+        })
     }
 
     /// Forgets a role generation (removed or changed by a reload).

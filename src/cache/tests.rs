@@ -170,10 +170,77 @@ async fn force_refresh_replaces_the_entry() {
     let slot = RoleSlot::new(role(), 1, None, SlotUses::default());
     let first = cache.get(&slot, Duration::from_secs(1)).await.unwrap();
     let second = cache.force_refresh(&slot).await.unwrap();
-    assert_ne!(first.access_key_id, second.access_key_id);
+    assert!(!second.coalesced);
+    assert_ne!(first.access_key_id, second.served.access_key_id);
     let now = cache.get(&slot, Duration::from_secs(1)).await.unwrap();
-    assert_eq!(now.access_key_id, second.access_key_id);
+    assert_eq!(now.access_key_id, second.served.access_key_id);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// A fetch that succeeds while `ok` is set (counting calls), else fails like a 5xx.
+fn switchable_fetch(calls: Arc<AtomicUsize>, ok: Arc<std::sync::atomic::AtomicBool>) -> Fetch {
+    Arc::new(move |_cache, _slot| {
+        let calls = Arc::clone(&calls);
+        let ok = ok.load(Ordering::SeqCst);
+        async move {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if ok {
+                Ok(creds(n, Duration::from_secs(3600)))
+            } else {
+                Err(FetchError::new(
+                    ErrorClass::Transient,
+                    Some("InternalFailure".into()),
+                    "STS failed",
+                ))
+            }
+        }
+        .boxed()
+    })
+}
+
+#[tokio::test]
+async fn a_failed_forced_refresh_keeps_the_good_credentials() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let cache = CredentialCache::new(
+        switchable_fetch(Arc::clone(&calls), Arc::clone(&ok)),
+        Duration::from_secs(60),
+        100,
+    );
+    let slot = RoleSlot::new(role(), 1, None, SlotUses::default());
+    let good = cache.get(&slot, Duration::from_secs(1)).await.unwrap();
+    ok.store(false, Ordering::SeqCst);
+    assert!(cache.force_refresh(&slot).await.is_err());
+    let served = cache.get(&slot, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(served.access_key_id, good.access_key_id);
+}
+
+#[tokio::test]
+async fn concurrent_and_repeated_forced_refreshes_cost_one_fetch() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let cache = CredentialCache::new(
+        switchable_fetch(Arc::clone(&calls), Arc::clone(&ok)),
+        Duration::from_secs(60),
+        100,
+    );
+    let slot = RoleSlot::new(role(), 1, None, SlotUses::default());
+    cache.get(&slot, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let forced: Vec<_> =
+        futures_util::future::join_all((0..16).map(|_| cache.force_refresh(&slot))).await;
+    assert!(forced.iter().all(Result::is_ok));
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "16 concurrent: one fetch");
+    for _ in 0..5 {
+        let again = cache.force_refresh(&slot).await.unwrap();
+        assert!(again.coalesced);
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "repeated: no further fetch"
+    );
 }
 
 #[tokio::test]

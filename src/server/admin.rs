@@ -6,7 +6,18 @@
 //! | `GET /readyz` | 200 when every prefetched role holds credentials with at least `min_remaining` left, else 503 naming the roles |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /v1/roles` | JSON array: `name`, `arn`, `expiration`, `last_refresh`, `consecutive_failures`, `last_error`, … — never secrets |
-//! | `POST /v1/roles/{name}/refresh` | drop the cached credentials and re-assume now (how to act on a session revocation); loopback peers only (403 otherwise) |
+//! | `POST /v1/roles/{name}/refresh` | re-assume now (how to act on a session revocation); loopback peers only (403 otherwise) |
+//!
+//! - Requests a browser sends on a web page's behalf are refused (403 `BrowserRequest`): any
+//!   `Origin` header, or `Sec-Fetch-Site` other than `none`. A page the user opens could
+//!   otherwise `POST` a no-cors "simple" request to the refresh route.
+//! - `/v1/roles` and the refresh route (account IDs, access key IDs, a state change) answer
+//!   loopback peers only; a pod-IP bind for probes and scraping serves other peers
+//!   `/healthz`, `/readyz` and `/metrics`.
+//! - A forced refresh fetches first and swaps on success: when STS fails the current
+//!   credentials stay (503 says so). Concurrent forced refreshes share one fetch, one within
+//!   10 s of the last forced fetch answers with its result, and a role in back-off answers
+//!   with its last error — none of those calls STS.
 //!
 //! Readiness is computed per request, not latched: a role that falls below `min_remaining`
 //! while STS fails makes the broker unready again.
@@ -22,9 +33,8 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::cache::{CacheError, CredentialCache, RoleSlot, rfc3339};
+use crate::cache::{CredentialCache, RoleSlot, rfc3339};
 use crate::metrics::Metrics;
-use crate::server::ecs::unavailable;
 use crate::server::http::{self, Body};
 use crate::state::Snapshot;
 
@@ -61,7 +71,22 @@ async fn route(
     if !http::host_allowed(req, &snap.config.admin.allowed_hosts) {
         return http::forbidden_host();
     }
+    if from_browser(req) {
+        return http::error_response(
+            StatusCode::FORBIDDEN,
+            "BrowserRequest",
+            "requests sent by a web browser (Origin or Sec-Fetch-Site headers) are refused",
+        );
+    }
     let path = req.uri().path();
+    let loopback = peer.ip().to_canonical().is_loopback();
+    if !loopback && path.starts_with("/v1/") {
+        return http::error_response(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "role status and forced refresh are for loopback peers only",
+        );
+    }
     let get_only = |resp: Response<Body>| {
         if req.method() == Method::GET || req.method() == Method::HEAD {
             resp
@@ -87,6 +112,18 @@ async fn route(
             None => http::not_found(),
         },
     }
+}
+
+/// Whether a browser sent the request for a web page (cross-site request forgery): every
+/// browser sets `Origin` on a `POST` and `Sec-Fetch-Site` on every request; only `none`
+/// (typed into the address bar) is not a page's doing. Tools (curl, probes, Prometheus)
+/// send neither.
+fn from_browser<B>(req: &Request<B>) -> bool {
+    let h = req.headers();
+    h.contains_key(hyper::header::ORIGIN)
+        || h.get_all("sec-fetch-site")
+            .iter()
+            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"none"))
 }
 
 async fn readyz(ctx: &AdminContext, snap: &Snapshot) -> Response<Body> {
@@ -161,13 +198,6 @@ async fn refresh(
     name: &str,
     peer: SocketAddr,
 ) -> Response<Body> {
-    if !peer.ip().to_canonical().is_loopback() {
-        return http::error_response(
-            StatusCode::FORBIDDEN,
-            "AccessDenied",
-            "forced refresh is allowed from loopback only",
-        );
-    }
     let Some(slot) = snap.roles.get(name) else {
         return http::error_response(
             StatusCode::NOT_FOUND,
@@ -177,10 +207,38 @@ async fn refresh(
     };
     tracing::info!(role = name, %peer, "forced refresh requested");
     match ctx.cache.force_refresh(slot).await {
-        Ok(_) => http::json_response(
-            StatusCode::OK,
-            Bytes::from(role_json(ctx, slot).await.to_string()),
-        ),
-        Err(e) => unavailable(name, &CacheError::Fetch(e)),
+        Ok(forced) => {
+            let mut body = role_json(ctx, slot).await;
+            body["coalesced"] = Value::Bool(forced.coalesced);
+            body["access_key_id"] = Value::String(forced.served.access_key_id.clone());
+            http::json_response(StatusCode::OK, Bytes::from(body.to_string()))
+        }
+        Err(e) => {
+            let kept = match ctx.cache.peek(&slot.key).await {
+                Some(served) => format!(
+                    "; the current credentials ({}, expiring {}) keep being served",
+                    served.access_key_id,
+                    rfc3339(served.expiration)
+                ),
+                None => "; no credentials are held for this role".to_string(),
+            };
+            let backing_off = slot
+                .status()
+                .retry_not_before
+                .is_some_and(|t| t > Instant::now());
+            tracing::warn!(role = name, error = %e.message, "forced refresh failed{kept}");
+            http::error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "RefreshFailed",
+                &format!(
+                    "role {name:?} was not refreshed: {e}{kept}{}",
+                    if backing_off {
+                        " (backing off after the last failure: this answer cost no STS call)"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        }
     }
 }

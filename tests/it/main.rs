@@ -11,6 +11,7 @@ mod ecs;
 mod fake_sts;
 mod fuzz;
 mod hardening;
+mod hardening2;
 mod helpers;
 mod iam;
 mod imds;
