@@ -34,6 +34,9 @@ use crate::metrics::Metrics;
 
 /// Headers not complete within this are cut off (DESIGN §3).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A response not drained by the client within this (from the moment the socket stops
+/// taking bytes) closes the connection: a client that stops reading cannot pin a slot.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Larger request heads get 431.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// How many peers the rate limiter remembers; the least recently seen are forgotten first.
@@ -181,7 +184,8 @@ pub async fn serve<H, F>(
                 })
             }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let io = WriteTimeout::new(stream, WRITE_TIMEOUT);
+        let conn = builder.serve_connection(TokioIo::new(io), service);
         let watched = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = watched.await {
@@ -200,6 +204,105 @@ pub async fn serve<H, F>(
             grace_s = grace.as_secs(),
             "connections still open after the grace period; closing them"
         );
+    }
+}
+
+/// A stream whose writes must drain within a deadline.
+///
+/// The clock starts when the socket first refuses bytes (the client's window is full) and
+/// stops when a flush completes (hyper flushes at the end of every response), so a slow but
+/// reading client has `timeout` per stalled response, and one that stops reading gets a
+/// `TimedOut` error that ends the connection.
+pub struct WriteTimeout<S> {
+    inner: S,
+    timeout: Duration,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteTimeout<S> {
+    pub fn new(inner: S, timeout: Duration) -> WriteTimeout<S> {
+        WriteTimeout {
+            inner,
+            timeout,
+            deadline: None,
+        }
+    }
+
+    /// Called when a write is pending: arms the deadline, and fails once it has passed.
+    fn stalled(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        let timeout = self.timeout;
+        let sleep = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client did not read the response in time",
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteTimeout<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteTimeout<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
+            std::task::Poll::Pending => self.stalled(cx).map(|r| r.map(|()| 0)),
+            ready => ready,
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            std::task::Poll::Pending => self.stalled(cx).map(|r| r.map(|()| 0)),
+            ready => ready,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.inner).poll_flush(cx) {
+            std::task::Poll::Pending => self.stalled(cx),
+            std::task::Poll::Ready(Ok(())) => {
+                self.deadline = None;
+                std::task::Poll::Ready(Ok(()))
+            }
+            err => err,
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.inner).poll_shutdown(cx) {
+            std::task::Poll::Pending => self.stalled(cx),
+            ready => ready,
+        }
     }
 }
 
