@@ -350,8 +350,12 @@ impl Broker {
         }));
         for (name, slot) in old {
             if roles.get(name).is_some_and(|s| Arc::ptr_eq(s, slot)) {
-                // Kept: let its loop recompute the schedule with the new [refresh].
-                slot.wake.notify_one();
+                // Kept: let its loop recompute the schedule with the new [refresh]. A lazy
+                // role nobody has asked for has no schedule: waking it would assume it (a
+                // reload must not turn thousands of lazy roles into a burst of STS calls).
+                if slot.config.spec.prefetch || slot.status().last_refresh.is_some() {
+                    slot.wake.notify_one();
+                }
                 continue;
             }
             if let Some(stop) = tasks.remove(&slot.key) {
