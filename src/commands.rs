@@ -170,6 +170,7 @@ pub async fn assume_once(config: &Config, role: &str) -> Result<Credentials, Str
         signer = Some(
             sts.obtain(r, inputs)
                 .await
+                .and_then(|c| c.validated(r.spec.duration, std::time::SystemTime::now()))
                 .map_err(|e: FetchError| format!("role {:?}: {e}", r.name))?,
         );
     }

@@ -83,6 +83,83 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// `AccessKeyId` length range the STS API reference documents.
+pub const ACCESS_KEY_ID_LEN: std::ops::RangeInclusive<usize> = 16..=128;
+/// Bound on a `SecretAccessKey` (AWS issues 40 characters; STS documents no maximum).
+pub const MAX_SECRET_ACCESS_KEY: usize = 256;
+/// Bound on a `SessionToken`: STS documents no maximum and tokens grow with session tags and
+/// policies (typically 0.5–3 KB); beyond 16 KiB no SDK could send it in a request header.
+pub const MAX_SESSION_TOKEN: usize = 16 * 1024;
+
+impl Credentials {
+    /// Checks what STS returned before anything is served, and caps the expiry at what was
+    /// asked for (`now + requested`): a later expiry would stretch the refresh schedule past
+    /// the session length the operator configured. The message names the field, never a
+    /// value.
+    ///
+    /// # Errors
+    /// A missing, empty, oversized or malformed field: a transient error (a retry gets a
+    /// fresh answer), and nothing is cached.
+    pub fn validated(
+        mut self,
+        requested: std::time::Duration,
+        now: SystemTime,
+    ) -> Result<Credentials, FetchError> {
+        let bad = |what: String| {
+            Err(FetchError::new(
+                ErrorClass::Transient,
+                None,
+                format!("STS answered with an unusable {what}; nothing was served"),
+            ))
+        };
+        let akid = &self.access_key_id;
+        if !ACCESS_KEY_ID_LEN.contains(&akid.len())
+            || !akid.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return bad(format!(
+                "AccessKeyId ({} bytes; expected {}..{} letters and digits)",
+                akid.len(),
+                ACCESS_KEY_ID_LEN.start(),
+                ACCESS_KEY_ID_LEN.end()
+            ));
+        }
+        for (name, value, max) in [
+            (
+                "SecretAccessKey",
+                &self.secret_access_key,
+                MAX_SECRET_ACCESS_KEY,
+            ),
+            ("SessionToken", &self.session_token, MAX_SESSION_TOKEN),
+        ] {
+            let v = value.expose();
+            if v.is_empty() || v.len() > max || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                return bad(format!(
+                    "{name} ({} bytes; expected 1..{max} printable characters)",
+                    v.len()
+                ));
+            }
+        }
+        if self.expiration <= now {
+            return bad("Expiration (already past)".to_string());
+        }
+        if let Some(cap) = now.checked_add(requested)
+            && self.expiration > cap
+        {
+            let excess = self.expiration.duration_since(cap).unwrap_or_default();
+            if excess > std::time::Duration::from_secs(60) {
+                tracing::warn!(
+                    access_key_id = %self.access_key_id,
+                    requested_s = requested.as_secs(),
+                    excess_s = excess.as_secs(),
+                    "STS reported an expiry later than the session length asked for; using the requested length"
+                );
+            }
+            self.expiration = cap;
+        }
+        Ok(self)
+    }
+}
+
 /// Why obtaining credentials failed, classified once so that back-off and the 503 body know
 /// whether a retry can help.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -173,6 +250,69 @@ mod tests {
             .cloned()
             .unwrap_or_default();
         assert!(!msg.contains("SECRET-MARKER"), "{msg}");
+    }
+
+    fn sample(now: SystemTime) -> Credentials {
+        Credentials {
+            access_key_id: "ASIAEXAMPLE0000001".into(),
+            secret_access_key: Secret::new("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into()),
+            session_token: Secret::new("FwoGZXIvYXdzEXAMPLE+token/==".into()),
+            expiration: now + std::time::Duration::from_secs(3600),
+            assumed_arn: None,
+        }
+    }
+
+    #[test]
+    fn every_credential_field_is_validated() {
+        let now = SystemTime::now();
+        let hour = std::time::Duration::from_secs(3600);
+        assert!(sample(now).validated(hour, now).is_ok());
+        type Breaker = fn(&mut Credentials);
+        let cases: [(&str, Breaker); 8] = [
+            ("SessionToken", |c| {
+                c.session_token = Secret::new(String::new())
+            }),
+            ("SecretAccessKey", |c| {
+                c.secret_access_key = Secret::new(String::new())
+            }),
+            ("AccessKeyId", |c| c.access_key_id = String::new()),
+            ("AccessKeyId", |c| c.access_key_id = "A".repeat(2 << 20)),
+            ("AccessKeyId", |c| {
+                c.access_key_id = "ASIA\"\n{}0000000000".into()
+            }),
+            ("SessionToken", |c| {
+                c.session_token = Secret::new("x".repeat(MAX_SESSION_TOKEN + 1))
+            }),
+            ("SessionToken", |c| {
+                c.session_token = Secret::new("tok en".into())
+            }),
+            ("Expiration", |c| c.expiration = SystemTime::UNIX_EPOCH),
+        ];
+        for (field, breaks) in cases {
+            let mut c = sample(now);
+            breaks(&mut c);
+            let e = c.validated(hour, now).unwrap_err();
+            assert!(e.message.contains(field), "{field}: {}", e.message);
+            assert!(!e.message.contains("EXAMPLE"), "no value in {}", e.message);
+        }
+    }
+
+    #[test]
+    fn an_expiry_later_than_requested_is_capped() {
+        let now = SystemTime::now();
+        let mut c = sample(now);
+        c.expiration = now + std::time::Duration::from_secs(12 * 3600);
+        let c = c
+            .validated(std::time::Duration::from_secs(3600), now)
+            .unwrap();
+        assert_eq!(c.expiration, now + std::time::Duration::from_secs(3600));
+        // A shorter one (MaxSessionDuration, chaining) is kept as is.
+        let mut c = sample(now);
+        c.expiration = now + std::time::Duration::from_secs(900);
+        let c = c
+            .validated(std::time::Duration::from_secs(3600), now)
+            .unwrap();
+        assert_eq!(c.expiration, now + std::time::Duration::from_secs(900));
     }
 
     #[test]

@@ -169,6 +169,7 @@ pub fn fetcher(
                 let started = Instant::now();
                 let result = Box::pin(upstream.sts.obtain(&slot.config, inputs))
                     .await
+                    .and_then(|c| c.validated(slot.config.spec.duration, SystemTime::now()))
                     .and_then(|c| check_lifetime(c, config.refresh.min_remaining));
                 metrics.observe_sts_call(role, api, &result, started.elapsed());
                 result

@@ -108,6 +108,8 @@ struct State {
     delay: Duration,
     lifetime: Option<Duration>,
     marker: String,
+    /// `(element, text)`: issued credentials carry `text` in `<element>`.
+    field: Option<(String, String)>,
     issued: u64,
     requests: Vec<RecordedRequest>,
 }
@@ -124,6 +126,7 @@ impl FakeSts {
             delay: Duration::ZERO,
             lifetime: None,
             marker: String::new(),
+            field: None,
             issued: 0,
             requests: Vec::new(),
         }));
@@ -157,6 +160,13 @@ impl FakeSts {
     /// now on. Default: nothing.
     pub fn set_secret_marker(&self, m: &str) {
         self.lock().marker = m.to_string();
+    }
+
+    /// Issued credentials carry `text` (escaped) as the content of `<element>`
+    /// (`AccessKeyId`, `SecretAccessKey`, `SessionToken`, `Expiration`); `None` restores the
+    /// normal answers.
+    pub fn set_credential_field(&self, field: Option<(&str, &str)>) {
+        self.lock().field = field.map(|(e, t)| (e.to_string(), t.to_string()));
     }
 
     /// Number of requests received so far, whatever the scenario (counted
@@ -450,10 +460,10 @@ fn wrap(action: &str, result: &str, request_id: &str) -> String {
 
 /// Issues fresh credentials and renders the `<Credentials>` element.
 fn issue(params: &BTreeMap<String, String>, state: &Arc<Mutex<State>>) -> String {
-    let (n, marker, lifetime) = {
+    let (n, marker, lifetime, field) = {
         let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
         st.issued += 1;
-        (st.issued, st.marker.clone(), st.lifetime)
+        (st.issued, st.marker.clone(), st.lifetime, st.field.clone())
     };
     let lifetime = lifetime.unwrap_or_else(|| {
         let secs = params
@@ -464,12 +474,24 @@ fn issue(params: &BTreeMap<String, String>, state: &Arc<Mutex<State>>) -> String
     });
     let expiration = humantime::format_rfc3339_seconds(SystemTime::now() + lifetime);
     let marker = esc(&marker);
-    format!(
-        "<Credentials><AccessKeyId>ASIAFAKE{n:012}</AccessKeyId>\
-         <SecretAccessKey>fake-secret-{n}{marker}</SecretAccessKey>\
-         <SessionToken>fake-token-{n}{marker}</SessionToken>\
-         <Expiration>{expiration}</Expiration></Credentials>"
-    )
+    let mut fields = [
+        ("AccessKeyId", format!("ASIAFAKE{n:012}")),
+        ("SecretAccessKey", format!("fake-secret-{n}{marker}")),
+        ("SessionToken", format!("fake-token-{n}{marker}")),
+        ("Expiration", expiration.to_string()),
+    ];
+    if let Some((element, text)) = field {
+        for (name, value) in &mut fields {
+            if *name == element {
+                *value = esc(&text);
+            }
+        }
+    }
+    let inner: String = fields
+        .iter()
+        .map(|(name, value)| format!("<{name}>{value}</{name}>"))
+        .collect();
+    format!("<Credentials>{inner}</Credentials>")
 }
 
 /// `<AssumedRoleUser>` for `arn:aws:iam::ACCOUNT:role/path/NAME`.
