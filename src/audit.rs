@@ -13,13 +13,19 @@
 //! - Handlers hand records to a bounded channel and never wait: when the disk is slow and the
 //!   channel is full, records are dropped and counted (`sts_broker_audit_dropped_total`).
 //! - The writer flushes at least once a second, and reopens the file on SIGHUP (logrotate).
+//! - A record counts as `written` once its line is in the file. When a write fails (ENOSPC,
+//!   EIO), the records it held are counted as `dropped` and a warning is logged (at most one
+//!   per [`WARN_EVERY`], with the number lost); a line cut short by the failure is cut off
+//!   again (the file is truncated back to the last whole line), so every line in the trail is
+//!   whole JSON and the next record starts on a fresh line.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::io::AsyncWriteExt;
+use std::io::Write as _;
+
 use tokio::sync::mpsc;
 
 use crate::cache::{RoleSlot, Served};
@@ -29,6 +35,10 @@ use crate::metrics::Metrics;
 pub const QUEUE: usize = 8192;
 /// Longest time a written record stays in the buffer.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Buffered bytes that trigger a write before the next tick.
+const BUFFER: usize = 64 * 1024;
+/// At most one warning about lost records per this interval.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 /// How long shutdown waits for the trail to be flushed.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -112,7 +122,7 @@ impl AuditLog {
     /// Queues a record; never waits. A full queue drops the record and counts it.
     pub fn record(&self, record: AuditRecord) {
         if self.tx.try_send(Msg::Record(record)).is_err() {
-            self.metrics.observe_audit_dropped();
+            self.metrics.observe_audit_dropped(1);
         }
     }
 
@@ -137,65 +147,239 @@ impl AuditLog {
     }
 }
 
-async fn open_append(path: &Path) -> std::io::Result<tokio::fs::File> {
-    tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)
-        .await
+async fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(path)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+/// Whole lines waiting to be written, and how many records they hold.
+struct Pending {
+    bytes: Vec<u8>,
+    records: u64,
+}
+
+/// The writer task's state: the file, what is buffered, and the loss bookkeeping.
+struct Trail {
+    path: PathBuf,
+    /// `None` only while a write runs on the blocking pool.
+    file: Option<std::fs::File>,
+    pending: Pending,
+    metrics: Arc<Metrics>,
+    /// A cut-short line could not be removed: start the next write with a newline.
+    torn: bool,
+    lost_since_warning: u64,
+    last_warning: Option<std::time::Instant>,
+}
+
+/// What one write of the buffer achieved.
+struct WriteOutcome {
+    /// Records whose whole line reached the file.
+    written: u64,
+    error: Option<std::io::Error>,
+    /// Whether the file now ends mid-line (a cut-short line the truncation could not
+    /// remove); `None`: as before the write.
+    torn: Option<bool>,
+}
+
+/// Writes `buf` (whole lines holding `records` records) at the end of `file`. On a failure,
+/// the lines written whole count; a partial last line is truncated away.
+fn write_lines(file: &mut std::fs::File, buf: &[u8], records: u64) -> WriteOutcome {
+    let start = file.metadata().map(|m| m.len()).ok();
+    let mut done = 0;
+    let error = loop {
+        if done == buf.len() {
+            break None;
+        }
+        match file.write(&buf[done..]) {
+            Ok(0) => break Some(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Some(e),
+        }
+    };
+    if error.is_none() {
+        return WriteOutcome {
+            written: records,
+            error,
+            torn: Some(false),
+        };
+    }
+    let whole = buf[..done]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    // A leading newline ends an earlier cut-short line; it is not a record.
+    let lead = u64::from(buf.first() == Some(&b'\n') && whole > 0);
+    let lines = buf[..whole].iter().filter(|&&b| b == b'\n').count() as u64 - lead;
+    let torn = if done == 0 {
+        None
+    } else if whole == done {
+        Some(false)
+    } else if start.is_some_and(|s| file.set_len(s + whole as u64).is_ok()) {
+        (whole > 0).then_some(false)
+    } else {
+        Some(true)
+    };
+    WriteOutcome {
+        written: lines,
+        error,
+        torn,
+    }
+}
+
+impl Trail {
+    fn add(&mut self, record: &AuditRecord) {
+        if self.pending.bytes.is_empty() && self.torn {
+            self.pending.bytes.push(b'\n');
+        }
+        self.pending.bytes.extend_from_slice(&record.to_json_line());
+        self.pending.records += 1;
+    }
+
+    /// Writes out what is buffered (on the blocking pool: a stuck disk must not stall the
+    /// runtime) and counts every record as written or dropped.
+    async fn flush(&mut self) {
+        if self.pending.records == 0 {
+            self.pending.bytes.clear();
+            return;
+        }
+        let Some(mut file) = self.file.take() else {
+            return;
+        };
+        let pending = std::mem::replace(
+            &mut self.pending,
+            Pending {
+                bytes: Vec::new(),
+                records: 0,
+            },
+        );
+        let joined = tokio::task::spawn_blocking(move || {
+            let outcome = write_lines(&mut file, &pending.bytes, pending.records);
+            (file, pending, outcome)
+        })
+        .await;
+        let Ok((file, mut pending, outcome)) = joined else {
+            // The blocking task panicked: the file handle is gone with it.
+            tracing::error!(path = %self.path.display(), "the audit writer lost its file");
+            return;
+        };
+        self.file = Some(file);
+        let lost = pending.records - outcome.written;
+        self.metrics.observe_audit_written(outcome.written);
+        if let Some(torn) = outcome.torn {
+            self.torn = torn;
+        }
+        if let Some(e) = outcome.error {
+            self.metrics.observe_audit_dropped(lost);
+            self.lost_since_warning += lost;
+            if self.last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    error = %e,
+                    lost = self.lost_since_warning,
+                    "cannot write the audit trail; records lost (counted as dropped)"
+                );
+                self.lost_since_warning = 0;
+                self.last_warning = Some(std::time::Instant::now());
+            }
+        }
+        // Keep the allocation for the next batch.
+        pending.bytes.clear();
+        self.pending.bytes = pending.bytes;
+    }
 }
 
 async fn writer(
     path: PathBuf,
-    file: tokio::fs::File,
+    file: std::fs::File,
     mut rx: mpsc::Receiver<Msg>,
     metrics: Arc<Metrics>,
 ) {
-    let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, file);
-    let mut dirty = false;
+    let mut trail = Trail {
+        path,
+        file: Some(file),
+        pending: Pending {
+            bytes: Vec::with_capacity(BUFFER),
+            records: 0,
+        },
+        metrics,
+        torn: false,
+        lost_since_warning: 0,
+        last_warning: None,
+    };
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     loop {
         tokio::select! {
             msg = rx.recv() => match msg {
                 Some(Msg::Record(r)) => {
-                    if let Err(e) = out.write_all(&r.to_json_line()).await {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot write the audit trail");
-                    } else {
-                        metrics.observe_audit_written();
-                        dirty = true;
+                    trail.add(&r);
+                    if trail.pending.bytes.len() >= BUFFER {
+                        trail.flush().await;
                     }
                 }
                 Some(Msg::Reopen) => {
-                    let _ = out.flush().await;
-                    match open_append(&path).await {
+                    trail.flush().await;
+                    match open_append(&trail.path).await {
                         Ok(f) => {
-                            out = tokio::io::BufWriter::with_capacity(64 * 1024, f);
-                            tracing::info!(path = %path.display(), "audit trail reopened");
+                            trail.file = Some(f);
+                            trail.torn = false;
+                            tracing::info!(path = %trail.path.display(), "audit trail reopened");
                         }
-                        Err(e) => tracing::error!(path = %path.display(), error = %e, "cannot reopen the audit trail; writing to the old file"),
+                        Err(e) => tracing::error!(path = %trail.path.display(), error = %e, "cannot reopen the audit trail; writing to the old file"),
                     }
-                    dirty = false;
                 }
                 Some(Msg::Close(done)) => {
                     while let Ok(Msg::Record(r)) = rx.try_recv() {
-                        let _ = out.write_all(&r.to_json_line()).await;
+                        trail.add(&r);
                     }
-                    let _ = out.flush().await;
+                    trail.flush().await;
                     let _ = done.send(());
                     return;
                 }
                 None => {
-                    let _ = out.flush().await;
+                    trail.flush().await;
                     return;
                 }
             },
-            _ = tick.tick(), if dirty => {
-                if let Err(e) = out.flush().await {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot flush the audit trail");
-                }
-                dirty = false;
-            }
+            _ = tick.tick(), if trail.pending.records > 0 => trail.flush().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_counts_only_whole_lines_and_leaves_none_cut() {
+        // /dev/full fails every write with ENOSPC.
+        let Ok(mut full) = std::fs::OpenOptions::new().append(true).open("/dev/full") else {
+            return;
+        };
+        let out = write_lines(&mut full, b"{\"a\":1}\n{\"b\":2}\n", 2);
+        assert_eq!(out.written, 0);
+        assert!(out.error.is_some());
+        // A regular file: everything is written.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let out = write_lines(&mut f, b"{\"a\":1}\n", 1);
+        assert_eq!(
+            (out.written, out.error.is_none(), out.torn),
+            (1, true, Some(false))
+        );
     }
 }

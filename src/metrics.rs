@@ -110,7 +110,7 @@ impl Metrics {
         let audit = IntCounterVec::new(
             Opts::new(
                 "audit_records_total",
-                "Audit records by outcome (written, or dropped because the writer fell behind)",
+                "Audit records by outcome (written; dropped because the writer fell behind or the write failed)",
             )
             .namespace(NS),
             &["outcome"],
@@ -171,14 +171,14 @@ impl Metrics {
         self.rate_limited.with_label_values(&[endpoint]).inc();
     }
 
-    /// Counts an audit record written to the file.
-    pub fn observe_audit_written(&self) {
-        self.audit.with_label_values(&["written"]).inc();
+    /// Counts audit records that reached the file.
+    pub fn observe_audit_written(&self, n: u64) {
+        self.audit.with_label_values(&["written"]).inc_by(n);
     }
 
-    /// Counts an audit record dropped because the queue was full.
-    pub fn observe_audit_dropped(&self) {
-        self.audit.with_label_values(&["dropped"]).inc();
+    /// Counts audit records lost: the queue was full, or writing them failed.
+    pub fn observe_audit_dropped(&self, n: u64) {
+        self.audit.with_label_values(&["dropped"]).inc_by(n);
     }
 
     /// Counts one answered request. `role` must be a configured role name or `""`.
