@@ -6,6 +6,7 @@
 //! (`config.toml: role "app": key "session_name": …`). Every limit STS enforces is checked
 //! here, so a bad value fails at load time instead of as an `AccessDenied` at 3 a.m.
 
+pub mod file;
 mod role;
 
 pub use role::{AssertionSource, CHAINED_MAX_DURATION, Mfa, RoleConfig, RoleKind, RoleSpec};
@@ -389,7 +390,7 @@ impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path, ctx: &LoadContext) -> Result<Config, ConfigErrors> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = file::read_bounded(path, file::MAX_CONFIG_BYTES).map_err(|e| {
             ConfigErrors(vec![ConfigError {
                 origin: origin.clone(),
                 scope: Scope::File,

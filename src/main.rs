@@ -223,7 +223,36 @@ async fn serve(config: Config, ctx: LoadContext) -> ExitCode {
                 Control::Reload => {
                     broker.reopen_audit().await;
                     let Some(path) = &path else { continue };
-                    let result = match Config::load(path, &ctx) {
+                    // Reading the files runs on the blocking pool, and this loop keeps
+                    // answering signals meanwhile: a file that blocks (or is huge) cannot
+                    // make SIGTERM go unheard.
+                    let (load_path, load_ctx) = (path.clone(), ctx.clone());
+                    let load =
+                        tokio::task::spawn_blocking(move || Config::load(&load_path, &load_ctx));
+                    tokio::pin!(load);
+                    let loaded = loop {
+                        tokio::select! {
+                            r = &mut load => break Some(r),
+                            c = controls.next() => match c {
+                                Some(Control::Shutdown) | None => break None,
+                                Some(Control::Reload) => {
+                                    tracing::warn!("reload requested while one is running; ignored");
+                                }
+                            },
+                        }
+                    };
+                    let Some(loaded) = loaded else { break };
+                    let loaded = loaded.unwrap_or_else(|e| {
+                        Err(sts_broker::config::ConfigErrors(vec![
+                            sts_broker::config::ConfigError {
+                                origin: path.display().to_string(),
+                                scope: sts_broker::config::Scope::File,
+                                key: None,
+                                message: format!("reading the config failed: {e}"),
+                            },
+                        ]))
+                    });
+                    let result = match loaded {
                         Ok(new) => broker.reload(new).await,
                         Err(e) => {
                             let e = sts_broker::ReloadError::Invalid(e);

@@ -73,14 +73,17 @@ struct WebIdentitySource {
 
 impl WebIdentitySource {
     async fn load(&self) -> provider::Result {
-        let raw = tokio::fs::read_to_string(&self.token_file)
-            .await
-            .map_err(|e| {
-                CredentialsError::invalid_configuration(format!(
-                    "cannot read web identity token file {}: {e}",
-                    self.token_file.display()
-                ))
-            })?;
+        let raw = crate::config::file::read_bounded_async(
+            &self.token_file,
+            crate::config::file::MAX_SECRET_FILE_BYTES,
+        )
+        .await
+        .map_err(|e| {
+            CredentialsError::invalid_configuration(format!(
+                "cannot read web identity token file {}: {e}",
+                self.token_file.display()
+            ))
+        })?;
         let token = Secret::new(raw.trim_end().to_string());
         let c = self
             .sts
@@ -158,13 +161,16 @@ pub async fn gather_inputs(
 /// Reads a secret file, trailing whitespace trimmed. A missing or empty file is transient:
 /// the kubelet may be in the middle of rotating a projected token.
 async fn read_secret_file(path: &Path, what: &str) -> Result<Secret, FetchError> {
-    let text = tokio::fs::read_to_string(path).await.map_err(|e| {
-        FetchError::new(
-            ErrorClass::Transient,
-            None,
-            format!("cannot read the {what} file {}: {e}", path.display()),
-        )
-    })?;
+    let text =
+        crate::config::file::read_bounded_async(path, crate::config::file::MAX_SECRET_FILE_BYTES)
+            .await
+            .map_err(|e| {
+                FetchError::new(
+                    ErrorClass::Transient,
+                    None,
+                    format!("cannot read the {what} file {}: {e}", path.display()),
+                )
+            })?;
     let secret = Secret::new(text.trim_end().to_string());
     if secret.is_empty() {
         return Err(FetchError::new(

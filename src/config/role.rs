@@ -762,7 +762,7 @@ fn required_readable_file(
         p.error(scope.clone(), Some(key), "required");
         return PathBuf::new();
     };
-    if let Err(e) = std::fs::File::open(&path) {
+    if let Err(e) = super::file::open_regular(&path) {
         p.error(
             scope.clone(),
             Some(key),
@@ -869,7 +869,7 @@ fn load_tokens(
                 ),
             );
         }
-        match std::fs::read_to_string(f) {
+        match super::file::read_bounded(f, super::file::MAX_SECRET_FILE_BYTES) {
             Ok(text) => {
                 let token = Secret::new(text.trim_end().to_string());
                 if let Err(why) = check_token(&token) {
