@@ -148,6 +148,10 @@ pub struct ListenerConfig {
     /// Requests per second one peer IP may make (a burst of twice that); beyond it: 429.
     /// `None` (the default): no per-peer limit.
     pub per_peer_rate_limit: Option<f64>,
+    /// Source networks allowed to use the listener; others get 403. Empty (the default):
+    /// every peer. What works where `hop_limit` does not: a container on a local bridge
+    /// reaches a broker in the host's namespace whatever the TTL.
+    pub allowed_sources: Vec<ipnet::IpNet>,
 }
 
 /// `[audit]`: where the JSON-lines audit trail goes.
@@ -287,6 +291,8 @@ struct RawListener {
     allowed_hosts: Vec<String>,
     max_connections: Option<usize>,
     per_peer_rate_limit: Option<f64>,
+    #[serde(default)]
+    allowed_sources: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -303,6 +309,8 @@ struct RawImds {
     allowed_hosts: Vec<String>,
     max_connections: Option<usize>,
     per_peer_rate_limit: Option<f64>,
+    #[serde(default)]
+    allowed_sources: Vec<String>,
     role: Option<String>,
     allow_v1: Option<bool>,
     max_token_ttl: Option<String>,
@@ -328,12 +336,14 @@ const LISTENER_KEYS: &[&str] = &[
     "allowed_hosts",
     "max_connections",
     "per_peer_rate_limit",
+    "allowed_sources",
 ];
 const IMDS_KEYS: &[&str] = &[
     "listen",
     "allowed_hosts",
     "max_connections",
     "per_peer_rate_limit",
+    "allowed_sources",
     "role",
     "allow_v1",
     "max_token_ttl",
@@ -801,11 +811,19 @@ fn build_listener(
             format!("{rate} must be a positive number of requests per second"),
         );
     }
+    let mut allowed_sources = Vec::new();
+    for net in &raw.allowed_sources {
+        match parse_source_net(net) {
+            Ok(n) => allowed_sources.push(n),
+            Err(why) => p.error(Scope::Table(table), Some("allowed_sources"), why),
+        }
+    }
     ListenerConfig {
         listen,
         allowed_hosts,
         max_connections,
         per_peer_rate_limit: raw.per_peer_rate_limit,
+        allowed_sources,
     }
 }
 
@@ -847,6 +865,7 @@ fn build_imds(
             allowed_hosts: raw.allowed_hosts,
             max_connections: raw.max_connections,
             per_peer_rate_limit: raw.per_peer_rate_limit,
+            allowed_sources: raw.allowed_sources,
         },
         DEFAULT_IMDS_LISTEN,
     );
@@ -922,6 +941,29 @@ fn build_imds(
 }
 
 // === single-value checks (pure, unit-tested) ===
+
+/// `"127.0.0.0/8"`, `"fd00::/8"`, or a bare address (a /32 or /128). Host bits must be zero,
+/// so a typo such as `"10.1.2.3/8"` is not silently widened.
+pub fn parse_source_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let net = match s.parse::<ipnet::IpNet>() {
+        Ok(n) => n,
+        Err(_) => match s.parse::<std::net::IpAddr>() {
+            Ok(ip) => ipnet::IpNet::from(ip),
+            Err(_) => {
+                return Err(format!(
+                    "{s:?} is not a network like \"127.0.0.0/8\", \"10.0.0.0/8\" or \"fd00::/8\""
+                ));
+            }
+        },
+    };
+    if net.trunc() != net {
+        return Err(format!(
+            "{s:?} has host bits set; did you mean \"{}\"?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
 
 pub(crate) fn is_word(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'

@@ -388,16 +388,21 @@ impl Broker {
         let current = self.config.load_full();
         // What the listeners were built with; `allowed_hosts` is read per request.
         let fixed = |l: &config::ListenerConfig| {
-            (l.listen.clone(), l.max_connections, l.per_peer_rate_limit)
+            (
+                l.listen.clone(),
+                l.max_connections,
+                l.per_peer_rate_limit,
+                l.allowed_sources.clone(),
+            )
         };
         if fixed(&new.ecs) != fixed(&current.ecs) {
             return Err(ReloadError::Rejected(
-                "[ecs] listen / max_connections / per_peer_rate_limit",
+                "[ecs] listen / max_connections / per_peer_rate_limit / allowed_sources",
             ));
         }
         if fixed(&new.admin) != fixed(&current.admin) {
             return Err(ReloadError::Rejected(
-                "[admin] listen / max_connections / per_peer_rate_limit",
+                "[admin] listen / max_connections / per_peer_rate_limit / allowed_sources",
             ));
         }
         if new.audit != current.audit {
@@ -482,6 +487,7 @@ fn limits(l: &config::ListenerConfig, hop_limit: Option<u32>) -> http::Limits {
             .per_peer_rate_limit
             .map(|rate| Arc::new(http::PeerLimiter::new(rate))),
         hop_limit,
+        allowed_sources: l.allowed_sources.clone().into(),
     }
 }
 

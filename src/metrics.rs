@@ -16,6 +16,7 @@
 //! | `sts_broker_ready` | gauge | — |
 //! | `sts_broker_audit_records_total` | counter | outcome (written, dropped) |
 //! | `sts_broker_rate_limited_total` | counter | endpoint |
+//! | `sts_broker_source_refused_total` | counter | endpoint |
 
 use std::time::Duration;
 
@@ -42,6 +43,7 @@ pub struct Metrics {
     ready: IntGauge,
     audit: IntCounterVec,
     rate_limited: IntCounterVec,
+    source_refused: IntCounterVec,
 }
 
 const NS: &str = "sts_broker";
@@ -125,6 +127,15 @@ impl Metrics {
             &["endpoint"],
         )
         .expect("valid metric");
+        let source_refused = IntCounterVec::new(
+            Opts::new(
+                "source_refused_total",
+                "Requests refused with 403 because the peer is outside the listener's allowed_sources",
+            )
+            .namespace(NS),
+            &["endpoint"],
+        )
+        .expect("valid metric");
         let ready = IntGauge::with_opts(
             Opts::new(
                 "ready",
@@ -144,6 +155,7 @@ impl Metrics {
             Box::new(ready.clone()),
             Box::new(audit.clone()),
             Box::new(rate_limited.clone()),
+            Box::new(source_refused.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -163,7 +175,13 @@ impl Metrics {
             ready,
             audit,
             rate_limited,
+            source_refused,
         }
+    }
+
+    /// Counts a request refused because its peer is outside `allowed_sources`.
+    pub fn observe_source_refused(&self, endpoint: &str) {
+        self.source_refused.with_label_values(&[endpoint]).inc();
     }
 
     /// Counts a request refused by the per-peer rate limit.

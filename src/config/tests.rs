@@ -653,3 +653,27 @@ fn listener_limits() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn allowed_sources_parse_and_every_bad_one_is_named() {
+    let ok = parse(&role(
+        "[ecs]\nallowed_sources = [\"127.0.0.0/8\", \"::1\", \"fd00::/8\"]\n[admin]\nallowed_sources = [\"10.0.0.0/8\"]",
+    ))
+    .unwrap();
+    assert_eq!(ok.ecs.allowed_sources.len(), 3);
+    assert!(ok.ecs.allowed_sources[1].contains(&"::1".parse::<std::net::IpAddr>().unwrap()));
+    assert!(parse(&role("")).unwrap().ecs.allowed_sources.is_empty());
+    let errs = errors(&format!(
+        "{BASE}\n[ecs]\nallowed_sources = [\"10.1.2.3/8\", \"localhost\"]\n[imds]\nrole = \"x\"\nallowed_sources = [\"1.2.3.4/33\"]\n"
+    ));
+    let joined = errs.join("\n");
+    assert!(joined.contains("[ecs]: key \"allowed_sources\": \"10.1.2.3/8\" has host bits set; did you mean \"10.0.0.0/8\"?"), "{joined}");
+    assert!(
+        joined.contains("[ecs]: key \"allowed_sources\": \"localhost\" is not a network"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("[imds]: key \"allowed_sources\": \"1.2.3.4/33\""),
+        "{joined}"
+    );
+}

@@ -45,13 +45,20 @@ const RATE_LIMIT_PEERS: u64 = 65_536;
 /// The body type of every response.
 pub type Body = Full<Bytes>;
 
-/// Sets the IP TTL (IPv4) or unicast hop limit (IPv6) of a socket's packets.
+/// Sets the IP TTL (IPv4) or unicast hop limit (IPv6) of a socket's packets. An IPv6 socket
+/// gets both: a dual-stack `[::]` socket sends IPv4 packets to IPv4-mapped peers, and those
+/// carry the IPv4 TTL, not the hop limit.
 ///
 /// # Errors
-/// When the kernel refuses the option.
+/// When the kernel refuses the option (the IPv4 TTL only matters, and is only required, on a
+/// socket that is not IPv6-only).
 pub fn set_hop_limit(socket: socket2::SockRef<'_>, v6: bool, hops: u32) -> std::io::Result<()> {
     if v6 {
-        socket.set_unicast_hops_v6(hops)
+        socket.set_unicast_hops_v6(hops)?;
+        match socket.set_ttl_v4(hops) {
+            Err(_) if socket.only_v6().unwrap_or(false) => Ok(()),
+            other => other,
+        }
     } else {
         socket.set_ttl_v4(hops)
     }
@@ -65,6 +72,16 @@ pub struct Limits {
     pub per_peer: Option<Arc<PeerLimiter>>,
     /// IP TTL / hop limit of every accepted connection.
     pub hop_limit: Option<u32>,
+    /// Peers outside these networks get 403 (empty: every peer is allowed).
+    pub allowed_sources: Arc<[ipnet::IpNet]>,
+}
+
+impl Limits {
+    /// Whether `ip` may use the listener (IPv4-mapped IPv6 peers match IPv4 networks).
+    pub fn source_allowed(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.allowed_sources.is_empty() || self.allowed_sources.iter().any(|n| n.contains(&ip))
+    }
 }
 
 /// A token bucket per peer IP: `rate` requests per second, bursts of `2 × rate`.
@@ -170,17 +187,22 @@ pub async fn serve<H, F>(
         let handler = handler.clone();
         let per_peer = limits.per_peer.clone();
         let metrics = Arc::clone(&metrics);
+        let source_ok = limits.source_allowed(peer.ip());
         let service = hyper::service::service_fn(move |req| {
-            let limited = per_peer.as_ref().is_some_and(|l| !l.allow(peer.ip()));
-            let fut = (!limited).then(|| handler(req, peer));
-            let metrics = Arc::clone(&metrics);
+            let refusal = if !source_ok {
+                metrics.observe_source_refused(endpoint);
+                Some(source_refused())
+            } else if per_peer.as_ref().is_some_and(|l| !l.allow(peer.ip())) {
+                metrics.observe_rate_limited(endpoint);
+                Some(too_many_requests())
+            } else {
+                None
+            };
+            let fut = refusal.is_none().then(|| handler(req, peer));
             async move {
                 Ok::<_, Infallible>(match fut {
                     Some(fut) => fut.await,
-                    None => {
-                        metrics.observe_rate_limited(endpoint);
-                        too_many_requests()
-                    }
+                    None => refusal.expect("a refusal when there is no handler"),
                 })
             }
         });
@@ -370,6 +392,15 @@ pub fn forbidden_host() -> Response<Body> {
     )
 }
 
+/// 403 for a peer outside the listener's `allowed_sources`.
+fn source_refused() -> Response<Body> {
+    error_response(
+        StatusCode::FORBIDDEN,
+        "SourceNotAllowed",
+        "this listener does not serve clients from this network (allowed_sources)",
+    )
+}
+
 /// 429 for a peer over its rate.
 fn too_many_requests() -> Response<Body> {
     let mut resp = error_response(
@@ -415,6 +446,21 @@ mod tests {
             b = b.header(HOST, h);
         }
         b.body(()).unwrap()
+    }
+
+    #[test]
+    fn a_dual_stack_socket_gets_the_ipv4_ttl_too() {
+        let Ok(l) = std::net::TcpListener::bind("[::]:0") else {
+            return; // no IPv6 here
+        };
+        let sock = socket2::SockRef::from(&l);
+        assert!(
+            !sock.only_v6().unwrap(),
+            "[::] is dual-stack by default on Linux"
+        );
+        set_hop_limit(socket2::SockRef::from(&l), true, 1).unwrap();
+        assert_eq!(sock.unicast_hops_v6().unwrap(), 1);
+        assert_eq!(sock.ttl_v4().unwrap(), 1, "IPv4-mapped clients get TTL 1");
     }
 
     #[test]

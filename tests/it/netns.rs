@@ -302,3 +302,118 @@ async fn hop_limit_one_keeps_imds_from_clients_a_router_away() {
         assert!(broker.wait_exit(Duration::from_secs(15)).await.is_some());
     }
 }
+
+/// Defect 1 (issue 12): on a dual-stack `[::]` listener, IPv4 clients are held to the hop
+/// limit too (the IPv4 TTL was left at 64: only the IPv6 hop limit was set).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_limit_holds_for_ipv4_clients_of_a_dual_stack_listener() {
+    if !namespaces_available() {
+        return;
+    }
+    let (client, router, broker_ns) = routed_topology("ds");
+    let _moto = NsMoto::start(&broker_ns, 5000);
+    let dir = ConfigDir::new();
+    let config = config_head("http://127.0.0.1:5000")
+        + "\n[imds]\nlisten = \"[::]:80\"\nrole = \"app\"\nhop_limit = 1\n"
+        + &role("app", "prefetch = false");
+    let mut broker =
+        TestBroker::start_wrapped(&dir, &config, "info", &broker_ns.wrapper(), &[]).await;
+    assert!(
+        token_from(&router, dir.path()),
+        "a directly connected IPv4 client reaches the [::] listener"
+    );
+    assert!(
+        !token_from(&client, dir.path()),
+        "hop_limit 1: an IPv4 client one router away must not reach a [::] listener"
+    );
+    broker.signal("TERM");
+    assert!(broker.wait_exit(Duration::from_secs(15)).await.is_some());
+}
+
+/// Host namespace with a bridge (docker0-style) and a container namespace on it.
+fn bridged_topology(tag: &str) -> (Netns, Netns) {
+    let host = Netns::create(&format!("{tag}h"));
+    let container = Netns::create(&format!("{tag}c"));
+    let (c0, h0) = (
+        format!("c0{}", rand_suffix() % 1000),
+        format!("h0{}", rand_suffix() % 1000),
+    );
+    host.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
+    host.exec(&["ip", "addr", "add", "10.202.0.1/24", "dev", "br0"]);
+    host.exec(&["ip", "link", "set", "br0", "up"]);
+    sh(&[
+        "ip", "link", "add", &c0, "type", "veth", "peer", "name", &h0,
+    ]);
+    sh(&["ip", "link", "set", &c0, "netns", &container.name]);
+    sh(&["ip", "link", "set", &h0, "netns", &host.name]);
+    host.exec(&["ip", "link", "set", &h0, "master", "br0"]);
+    host.exec(&["ip", "link", "set", &h0, "up"]);
+    container.exec(&["ip", "addr", "add", "10.202.0.2/24", "dev", &c0]);
+    container.exec(&["ip", "link", "set", &c0, "up"]);
+    container.exec(&["ip", "route", "add", "default", "via", "10.202.0.1"]);
+    (host, container)
+}
+
+/// The HTTP status of `PUT /latest/api/token` at `url` from inside `ns` (0: unreachable).
+fn token_status(ns: &Netns, home: &std::path::Path, url: &str) -> u16 {
+    let script = format!(
+        "
+import urllib.request, urllib.error
+req = urllib.request.Request('{url}/latest/api/token', method='PUT',
+                             headers={{'X-aws-ec2-metadata-token-ttl-seconds': '60'}})
+try:
+    print(urllib.request.urlopen(req, timeout=2).status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+except Exception:
+    print(0)
+"
+    );
+    ns_python(ns, home, &[], &script).trim().parse().unwrap()
+}
+
+/// Defect 2 (issue 12): a container on a local bridge reaches a broker in the host's
+/// namespace even with `hop_limit = 1` (a locally delivered reply is never forwarded, so its
+/// TTL is never decremented); `allowed_sources` is the control that works: 403, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridged_container_defeats_hop_limit_but_not_allowed_sources() {
+    if !namespaces_available() {
+        return;
+    }
+    let (host, container) = bridged_topology("br");
+    let _moto = NsMoto::start(&host, 5000);
+    for (allowed, container_status) in [("", 200), ("allowed_sources = [\"127.0.0.0/8\"]", 403)] {
+        let dir = ConfigDir::new();
+        let config = config_head("http://127.0.0.1:5000")
+            + &format!(
+                "\n[imds]\nlisten = \"0.0.0.0:80\"\nrole = \"app\"\nhop_limit = 1\n{allowed}\n"
+            )
+            + &role("app", "prefetch = false");
+        let mut broker =
+            TestBroker::start_wrapped(&dir, &config, "info", &host.wrapper(), &[]).await;
+        assert_eq!(
+            token_status(&host, dir.path(), "http://127.0.0.1:80"),
+            200,
+            "the host itself is served"
+        );
+        assert_eq!(
+            token_status(&container, dir.path(), "http://10.202.0.1:80"),
+            container_status,
+            "a bridged container with hop_limit = 1 and {allowed:?}"
+        );
+        if container_status == 403 {
+            // The admin listener is inside the namespace: read the metric from there.
+            let script = format!(
+                "import urllib.request\nprint(urllib.request.urlopen('http://{}/metrics').read().decode())",
+                broker.admin
+            );
+            let metrics = ns_python(&host, dir.path(), &[], &script);
+            assert!(
+                metrics.contains("sts_broker_source_refused_total{endpoint=\"imds\"} 1\n"),
+                "{metrics}"
+            );
+        }
+        broker.signal("TERM");
+        assert!(broker.wait_exit(Duration::from_secs(15)).await.is_some());
+    }
+}
