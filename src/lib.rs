@@ -20,6 +20,7 @@ pub mod cache;
 pub mod commands;
 pub mod config;
 pub mod creds;
+pub mod fdlimit;
 pub mod iam;
 pub mod logging;
 pub mod metrics;
@@ -122,9 +123,26 @@ impl Broker {
             None => Vec::new(),
         };
         let hop_limit = config.imds.as_ref().map(|i| i.hop_limit);
-        let ecs_limits = limits(&config.ecs, None);
-        let admin_limits = limits(&config.admin, None);
-        let imds_limits = config.imds.as_ref().map(|i| limits(&i.listener, hop_limit));
+        let budgets = fdlimit::raise_nofile().map(|limit| {
+            let b = fdlimit::budgets(
+                limit,
+                admin_listeners.len(),
+                ecs_listeners.len() + imds_listeners.len(),
+            );
+            tracing::info!(
+                nofile = limit,
+                admin_budget = b.admin,
+                listener_budget = b.data,
+                "file descriptor budgets"
+            );
+            b
+        });
+        let ecs_limits = limits("ecs", &config.ecs, None, budgets.map(|b| b.data));
+        let admin_limits = limits("admin", &config.admin, None, budgets.map(|b| b.admin));
+        let imds_limits = config
+            .imds
+            .as_ref()
+            .map(|i| limits("imds", &i.listener, hop_limit, budgets.map(|b| b.data)));
         for l in &imds_listeners {
             let v6 = l.local_addr().is_ok_and(|a| a.is_ipv6());
             if let Some(hops) = hop_limit
@@ -479,10 +497,28 @@ async fn bind_all(
     Ok(out)
 }
 
-/// The fixed limits of a listener.
-fn limits(l: &config::ListenerConfig, hop_limit: Option<u32>) -> http::Limits {
+/// The fixed limits of a listener: its configured `max_connections`, lowered to its share of
+/// the file descriptors (`budget`) when that is smaller.
+fn limits(
+    endpoint: &'static str,
+    l: &config::ListenerConfig,
+    hop_limit: Option<u32>,
+    budget: Option<usize>,
+) -> http::Limits {
+    let max_connections = match budget {
+        Some(b) if b < l.max_connections => {
+            tracing::warn!(
+                endpoint,
+                configured = l.max_connections,
+                budget = b,
+                "max_connections lowered to this listener's share of the file descriptor limit (raise LimitNOFILE / ulimit -n)"
+            );
+            b
+        }
+        _ => l.max_connections,
+    };
     http::Limits {
-        max_connections: l.max_connections,
+        max_connections,
         per_peer: l
             .per_peer_rate_limit
             .map(|rate| Arc::new(http::PeerLimiter::new(rate))),

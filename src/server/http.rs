@@ -155,6 +155,7 @@ pub async fn serve<H, F>(
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let hop_limit = limits.hop_limit;
+    let mut accept_errors = AcceptErrors::default();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -168,11 +169,16 @@ pub async fn serve<H, F>(
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(s) => s,
+                Ok(s) => {
+                    accept_errors.succeeded();
+                    s
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(endpoint, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let pause = accept_errors.failed(endpoint, &e);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = cancel.cancelled() => break,
+                    }
                     continue;
                 }
             },
@@ -226,6 +232,56 @@ pub async fn serve<H, F>(
             grace_s = grace.as_secs(),
             "connections still open after the grace period; closing them"
         );
+    }
+}
+
+/// Back-off and log rate limit for failing `accept`s. Out of descriptors (EMFILE, ENFILE) or
+/// memory, retrying at once only spins: the pause doubles from 10 ms to 1 s while the errors
+/// last, and one warning per 10 s says how many there were.
+#[derive(Default)]
+struct AcceptErrors {
+    pause: Duration,
+    suppressed: u64,
+    last_warning: Option<Instant>,
+}
+
+impl AcceptErrors {
+    const FIRST_PAUSE: Duration = Duration::from_millis(10);
+    const MAX_PAUSE: Duration = Duration::from_secs(1);
+    const WARN_EVERY: Duration = Duration::from_secs(10);
+
+    fn succeeded(&mut self) {
+        self.pause = Duration::ZERO;
+    }
+
+    /// Logs (rate-limited) and returns how long to wait before accepting again.
+    fn failed(&mut self, endpoint: &'static str, e: &std::io::Error) -> Duration {
+        let exhausted = matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        );
+        if self
+            .last_warning
+            .is_none_or(|t| t.elapsed() >= Self::WARN_EVERY)
+        {
+            tracing::warn!(
+                endpoint,
+                error = %e,
+                suppressed = self.suppressed,
+                "accept failed{}",
+                if exhausted { "; out of file descriptors or memory, backing off" } else { "" }
+            );
+            self.last_warning = Some(Instant::now());
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+        self.pause = if exhausted {
+            (self.pause * 2).clamp(Self::FIRST_PAUSE, Self::MAX_PAUSE)
+        } else {
+            Self::FIRST_PAUSE
+        };
+        self.pause
     }
 }
 

@@ -436,3 +436,59 @@ async fn audit_total(b: &TestBroker) -> f64 {
             .await
             .unwrap_or(0.0)
 }
+
+/// Defect 9: under a low descriptor limit, a flood on ECS leaves the admin listener
+/// reachable, and accept errors neither spin nor flood the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_descriptor_limit_leaves_admin_reachable_under_an_ecs_flood() {
+    let sts = FakeSts::start().await;
+    let dir = ConfigDir::new();
+    let broker = TestBroker::start_wrapped(
+        &dir,
+        &(config_head(&sts.url()) + &role("app", "")),
+        "info",
+        &["prlimit", "--nofile=96:96"],
+        &[],
+    )
+    .await;
+    broker.wait_ready(Duration::from_secs(10)).await;
+    // 100 connections (more than the 24 the budget allows, fewer than the backlog holds)
+    // that send half a request head and wait (cut after 10 s).
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        if let Ok(mut s) = TcpStream::connect(broker.ecs).await {
+            let _ = s.write_all(b"GET /v1/credentials/app HTTP/1.1\r\n").await;
+            flood.push(s);
+        }
+    }
+    let started = std::time::Instant::now();
+    let admin = tokio::time::timeout(Duration::from_secs(5), broker.admin_get("/healthz")).await;
+    assert!(
+        matches!(&admin, Ok(r) if r.status == 200),
+        "admin unreachable during an ECS flood under RLIMIT_NOFILE 96: {admin:?}\n{}",
+        broker.logs()
+    );
+    eprintln!("admin answered in {:?} during the flood", started.elapsed());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let accept_warnings = broker
+        .log_events()
+        .iter()
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("accept failed"))
+        })
+        .count();
+    assert!(
+        accept_warnings <= 3,
+        "accept errors logged {accept_warnings} times"
+    );
+    let budget = broker
+        .log_events()
+        .into_iter()
+        .find(|e| e["message"] == "file descriptor budgets")
+        .expect("the budgets are logged");
+    assert_eq!(budget["nofile"], 96);
+    assert_eq!(budget["listener_budget"], 24);
+    drop(flood);
+}
