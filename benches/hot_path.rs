@@ -119,11 +119,11 @@ fn bench_tokens(c: &mut Criterion) {
 fn bench_imds_tokens(c: &mut Criterion) {
     let mut g = c.benchmark_group("imds_token");
     let signer = TokenSigner::generate();
-    let now = 1_800_000_000u64;
-    let token = signer.issue(now + 21_600);
+    let now = 1_800_000_000_000u64; // milliseconds
+    let token = signer.issue(now + 21_600_000);
     assert!(signer.verify(token.as_bytes(), now));
     g.bench_function("issue", |b| {
-        b.iter(|| signer.issue(black_box(now + 21_600)))
+        b.iter(|| signer.issue(black_box(now + 21_600_000)))
     });
     g.bench_function("verify", |b| {
         b.iter(|| signer.verify(black_box(token.as_bytes()), black_box(now)))

@@ -21,11 +21,28 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Prefetched roles that hold no servable credentials, sorted: what `/readyz` and the
-    /// systemd readiness notification wait for.
+    /// systemd readiness notification wait for. The role `[imds]` exposes must also clear
+    /// the stricter IMDS `min_remaining`: ready means IMDS can answer too.
     pub async fn unready_roles(&self, cache: &CredentialCache) -> Vec<String> {
         let mut waiting = Vec::new();
+        let imds_floor = self
+            .config
+            .imds
+            .as_ref()
+            .map(|i| (i.role.as_str(), i.min_remaining));
+        let now = std::time::SystemTime::now();
         for (name, slot) in &self.roles {
-            if slot.config.spec.prefetch && cache.peek(&slot.key).await.is_none() {
+            if !slot.config.spec.prefetch {
+                continue;
+            }
+            let servable = match cache.peek(&slot.key).await {
+                None => false,
+                Some(served) => match imds_floor {
+                    Some((role, floor)) if role == name => served.remaining(now) >= floor,
+                    _ => true,
+                },
+            };
+            if !servable {
                 waiting.push(name.clone());
             }
         }

@@ -910,11 +910,21 @@ fn load_tokens(
     tokens
 }
 
-/// A client token must fit in an HTTP header as is.
+/// Shortest client token accepted: shorter ones are guessable (16 random characters from the
+/// 94 a header can carry are ~105 bits; `openssl rand -hex 16` makes 32).
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// A client token must fit in an HTTP header as is, and not be guessable.
 fn check_token(token: &Secret) -> Result<(), String> {
     let t = token.expose();
     if t.is_empty() {
         return Err("the token is empty".to_string());
+    }
+    if t.len() < MIN_TOKEN_LEN {
+        return Err(format!(
+            "the token is {} characters; at least {MIN_TOKEN_LEN} are required (a short token can be guessed; `openssl rand -hex 16` makes a good one)",
+            t.len()
+        ));
     }
     if !t.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
         return Err(format!(

@@ -677,3 +677,19 @@ fn allowed_sources_parse_and_every_bad_one_is_named() {
         "{joined}"
     );
 }
+
+#[test]
+fn short_client_tokens_are_refused_at_load() {
+    let errs = errors(&format!(
+        "{BASE}\n[[role]]\nname = \"app\"\narn = \"arn:aws:iam::123456789012:role/app\"\ntokens = [\"short-token-15c\", \"0123456789abcdef\"]\n"
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("key \"tokens\": token #1: the token is 15 characters; at least 16"),
+        "{errs:?}"
+    );
+    assert!(
+        !errs[0].contains("short-token-15c"),
+        "never the token itself"
+    );
+}

@@ -161,6 +161,8 @@ pub async fn serve<H, F>(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES)
+        // A client that shuts down its sending side after the request still gets the answer.
+        .half_close(true)
         .keep_alive(true);
     loop {
         let permit = tokio::select! {
@@ -201,6 +203,9 @@ pub async fn serve<H, F>(
             } else if per_peer.as_ref().is_some_and(|l| !l.allow(peer.ip())) {
                 metrics.observe_rate_limited(endpoint);
                 Some(too_many_requests())
+            } else if let Some(resp) = ambiguous_head(&req) {
+                metrics.observe_request(endpoint, "", 400, Duration::ZERO);
+                Some(resp)
             } else {
                 None
             };
@@ -384,16 +389,42 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteTimeout<S>
     }
 }
 
+/// Request heads that are ambiguous are refused before any handler sees them (400): two
+/// `Host` or two `Authorization` headers (which one would a proxy in front have checked?),
+/// and an HTTP/1.1 request without `Host` (RFC 9112 §3.2 requires one). HTTP/1.0 may omit it.
+pub fn ambiguous_head<B>(req: &Request<B>) -> Option<Response<Body>> {
+    let h = req.headers();
+    let hosts = h.get_all(HOST).iter().count();
+    let why = if hosts > 1 {
+        "more than one Host header"
+    } else if h.get_all(hyper::header::AUTHORIZATION).iter().count() > 1 {
+        "more than one Authorization header"
+    } else if hosts == 0 && req.version() == hyper::Version::HTTP_11 {
+        "an HTTP/1.1 request must carry a Host header"
+    } else {
+        return None;
+    };
+    Some(error_response(StatusCode::BAD_REQUEST, "BadRequest", why))
+}
+
 /// DNS-rebinding defence: accept a `Host` that is an IP literal, `localhost`, or one of
-/// `allowed` (lower-case), with or without a port. A request without `Host` (HTTP/1.0) is
-/// accepted: browsers, the vector of rebinding attacks, always send one.
+/// `allowed` (lower-case), with or without a port. An absolute-form request target
+/// (`GET http://name/path`) names the host instead of the header (RFC 9112 §3.2.2), so its
+/// authority is what is checked. A request without either (HTTP/1.0) is accepted: browsers,
+/// the vector of rebinding attacks, always send `Host`.
 pub fn host_allowed<B>(req: &Request<B>, allowed: &[String]) -> bool {
-    let Some(value) = req.headers().get(HOST) else {
-        return true;
+    let host = match (req.uri().authority(), req.headers().get(HOST)) {
+        (Some(authority), _) => authority.as_str(),
+        (None, None) => return true,
+        (None, Some(value)) => match value.to_str() {
+            Ok(h) => h,
+            Err(_) => return false,
+        },
     };
-    let Ok(host) = value.to_str() else {
+    // `user@host` is not a host.
+    if host.contains('@') {
         return false;
-    };
+    }
     let name = strip_port(host);
     if name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok() {
         return true;
@@ -517,6 +548,70 @@ mod tests {
         set_hop_limit(socket2::SockRef::from(&l), true, 1).unwrap();
         assert_eq!(sock.unicast_hops_v6().unwrap(), 1);
         assert_eq!(sock.ttl_v4().unwrap(), 1, "IPv4-mapped clients get TTL 1");
+    }
+
+    #[test]
+    fn ambiguous_heads_are_refused() {
+        let build = |version, headers: &[(&str, &str)]| {
+            let mut b = Request::builder().uri("/").version(version);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap()
+        };
+        let v11 = hyper::Version::HTTP_11;
+        type Case<'a> = (hyper::Version, &'a [(&'a str, &'a str)], bool);
+        let cases: [Case; 6] = [
+            (v11, &[("host", "127.0.0.1")], false),
+            (
+                v11,
+                &[("host", "127.0.0.1"), ("host", "evil.example")],
+                true,
+            ),
+            (
+                v11,
+                &[
+                    ("host", "a"),
+                    ("authorization", "t1"),
+                    ("authorization", "t2"),
+                ],
+                true,
+            ),
+            (v11, &[], true),
+            (hyper::Version::HTTP_10, &[], false),
+            (v11, &[("host", "a"), ("authorization", "t1")], false),
+        ];
+        for (version, headers, refused) in cases {
+            let got = ambiguous_head(&build(version, headers));
+            assert_eq!(got.is_some(), refused, "{version:?} {headers:?}");
+            if let Some(r) = got {
+                assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+            }
+        }
+    }
+
+    #[test]
+    fn an_absolute_form_target_is_what_the_host_check_sees() {
+        let req = |uri: &str, host: &str| {
+            Request::builder()
+                .uri(uri)
+                .header(HOST, host)
+                .body(())
+                .unwrap()
+        };
+        let allowed: Vec<String> = Vec::new();
+        assert!(!host_allowed(
+            &req("http://evil.example/v1/credentials/app", "127.0.0.1"),
+            &allowed
+        ));
+        assert!(host_allowed(
+            &req("http://127.0.0.1:8170/v1/credentials/app", "evil.example"),
+            &allowed
+        ));
+        assert!(!host_allowed(
+            &req("http://127.0.0.1@evil.example/x", "127.0.0.1"),
+            &allowed
+        ));
     }
 
     #[test]

@@ -8,15 +8,17 @@
 //! | `GET /latest/meta-data/iam/security-credentials-extended/{name}` | the same plus `AccountId` (Ruby, Java v2, PHP try it first) |
 //! | `GET /latest/meta-data/iam/info` | `Code`, `LastUpdated`, `InstanceProfileArn`, `InstanceProfileId` |
 //!
-//! Paths work with and without a trailing slash. Any request carrying `X-Forwarded-For` → 403
+//! Paths work with and without a trailing slash. Any request carrying `X-Forwarded-For` or
+//! `Forwarded` → 403
 //! (a proxy is relaying it: IMDS must not be reachable that way). A `GET` without a valid,
 //! unexpired `X-aws-ec2-metadata-token` → 401 unless `allow_v1`; with a valid token every
 //! other path is 404 (never 401/403, so SDK probes such as the region fall through fast), as
 //! is an unknown role name. Nothing servable (STS failing, credentials below the IMDS
 //! `min_remaining`) → 503. Other methods → 405; a request body → 400.
 //!
-//! Tokens are stateless: `hex(expiry_seconds ‖ HMAC-SHA256(key, expiry_seconds)[..16])` with a
-//! key drawn at start-up. A flood of `PUT`s costs CPU, never memory; a restart invalidates
+//! Tokens are stateless: `hex(expiry_ms ‖ nonce ‖ HMAC-SHA256(key, expiry_ms ‖ nonce)[..16])`
+//! with a key drawn at start-up and 8 random nonce bytes per token (two clients never share
+//! one); a token lives exactly the TTL granted, to the millisecond. A flood of `PUT`s costs CPU, never memory; a restart invalidates
 //! tokens, and SDKs answer the 401 by fetching a new one.
 
 use std::net::SocketAddr;
@@ -83,34 +85,43 @@ impl TokenSigner {
         }
     }
 
-    fn mac(&self, expiry: u64) -> [u8; 16] {
+    fn mac(&self, expiry_ms: u64, nonce: &[u8; 8]) -> [u8; 16] {
         let mut mac = self.keyed.clone();
-        mac.update(&expiry.to_be_bytes());
+        mac.update(&expiry_ms.to_be_bytes());
+        mac.update(nonce);
         let full = mac.finalize().into_bytes();
         let mut out = [0u8; 16];
         out.copy_from_slice(&full[..16]);
         out
     }
 
-    /// A token valid until `expiry` (seconds since the epoch).
-    pub fn issue(&self, expiry: u64) -> String {
-        let mut raw = [0u8; 24];
-        raw[..8].copy_from_slice(&expiry.to_be_bytes());
-        raw[8..].copy_from_slice(&self.mac(expiry));
+    /// A token valid until `expiry_ms` (milliseconds since the epoch: a 1-second token lives
+    /// a whole second, not until the next second boundary). Eight random bytes make every
+    /// token distinct, even two issued in the same millisecond.
+    pub fn issue(&self, expiry_ms: u64) -> String {
+        let nonce: [u8; 8] = rand::random();
+        let mut raw = [0u8; TOKEN_BYTES];
+        raw[..8].copy_from_slice(&expiry_ms.to_be_bytes());
+        raw[8..16].copy_from_slice(&nonce);
+        raw[16..].copy_from_slice(&self.mac(expiry_ms, &nonce));
         hex::encode(raw)
     }
 
-    /// Whether `token` was issued by this signer and is unexpired at `now` (epoch seconds).
-    pub fn verify(&self, token: &[u8], now: u64) -> bool {
-        let mut raw = [0u8; 24];
-        if token.len() != 48 || hex::decode_to_slice(token, &mut raw).is_err() {
+    /// Whether `token` was issued by this signer and is unexpired at `now_ms`.
+    pub fn verify(&self, token: &[u8], now_ms: u64) -> bool {
+        let mut raw = [0u8; TOKEN_BYTES];
+        if token.len() != 2 * TOKEN_BYTES || hex::decode_to_slice(token, &mut raw).is_err() {
             return false;
         }
         let expiry = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
-        let genuine: bool = self.mac(expiry).ct_eq(&raw[8..]).into();
-        genuine && now < expiry
+        let nonce: [u8; 8] = raw[8..16].try_into().expect("8 bytes");
+        let genuine: bool = self.mac(expiry, &nonce).ct_eq(&raw[16..]).into();
+        genuine && now_ms < expiry
     }
 }
+
+/// Expiry (8) ‖ nonce (8) ‖ truncated HMAC (16), sent as 64 hex digits.
+const TOKEN_BYTES: usize = 32;
 
 /// What the IMDS handler reads.
 #[derive(Debug)]
@@ -169,8 +180,8 @@ enum Counted {
     },
 }
 
-fn epoch_seconds(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+fn epoch_ms(t: SystemTime) -> u64 {
+    u64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The response, and whether it is counted under the IMDS role's label.
@@ -180,7 +191,8 @@ async fn answer(
     imds: &ImdsConfig,
     req: &Request<Incoming>,
 ) -> (Response<Body>, Counted) {
-    if req.headers().contains_key("x-forwarded-for") {
+    // `Forwarded` (RFC 7239) is the standard spelling of the same relay.
+    if req.headers().contains_key("x-forwarded-for") || req.headers().contains_key("forwarded") {
         return (
             text(
                 StatusCode::FORBIDDEN,
@@ -214,7 +226,7 @@ async fn answer(
     let token_ok = req
         .headers()
         .get(TOKEN_HEADER)
-        .is_some_and(|t| ctx.signer.verify(t.as_bytes(), epoch_seconds(now)));
+        .is_some_and(|t| ctx.signer.verify(t.as_bytes(), epoch_ms(now)));
     if !token_ok && !imds.allow_v1 {
         return (
             text(
@@ -291,7 +303,9 @@ fn issue_token(ctx: &ImdsContext, imds: &ImdsConfig, req: &Request<Incoming>) ->
         );
     };
     let granted = requested.min(imds.max_token_ttl.as_secs().max(1));
-    let token = ctx.signer.issue(epoch_seconds(SystemTime::now()) + granted);
+    let token = ctx
+        .signer
+        .issue(epoch_ms(SystemTime::now()).saturating_add(granted * 1000));
     let mut resp = text(StatusCode::OK, &token);
     resp.headers_mut()
         .insert(TTL_HEADER, HeaderValue::from(granted));
@@ -358,21 +372,39 @@ mod tests {
     #[test]
     fn tokens_verify_until_expiry_and_resist_forgery() {
         let signer = TokenSigner::generate();
-        let token = signer.issue(1_000);
-        assert_eq!(token.len(), 48);
-        assert!(signer.verify(token.as_bytes(), 999));
+        let token = signer.issue(1_000_000);
+        assert_eq!(token.len(), 64);
+        assert!(signer.verify(token.as_bytes(), 999_999));
         assert!(
-            !signer.verify(token.as_bytes(), 1_000),
+            !signer.verify(token.as_bytes(), 1_000_000),
             "expired at its expiry"
         );
-        // Another key's token, a stretched expiry, garbage, wrong lengths.
+        // Another key's token, a stretched expiry, a changed nonce, garbage, wrong lengths.
         assert!(!TokenSigner::generate().verify(token.as_bytes(), 0));
         let mut stretched = hex::decode(&token).unwrap();
         stretched[..8].copy_from_slice(&u64::MAX.to_be_bytes());
         assert!(!signer.verify(hex::encode(stretched).as_bytes(), 0));
+        let mut renonced = hex::decode(&token).unwrap();
+        renonced[8] ^= 1;
+        assert!(!signer.verify(hex::encode(renonced).as_bytes(), 0));
         assert!(!signer.verify(b"not-a-token", 0));
-        assert!(!signer.verify(&token.as_bytes()[..47], 0));
-        assert!(!signer.verify("z".repeat(48).as_bytes(), 0));
+        assert!(!signer.verify(&token.as_bytes()[..63], 0));
+        assert!(!signer.verify("z".repeat(64).as_bytes(), 0));
         assert!(!format!("{signer:?}").contains(&hex::encode(signer.key)));
+    }
+
+    #[test]
+    fn tokens_are_distinct_and_live_the_whole_ttl() {
+        let signer = TokenSigner::generate();
+        let now = epoch_ms(SystemTime::now());
+        // Same expiry, same millisecond: still two different tokens.
+        let a = signer.issue(now + 1000);
+        let b = signer.issue(now + 1000);
+        assert_ne!(a, b);
+        // A 1-second token issued at .950 is valid until 1.950, not until 1.000.
+        let issued = 1_000_950;
+        let t = signer.issue(issued + 1000);
+        assert!(signer.verify(t.as_bytes(), issued + 999));
+        assert!(!signer.verify(t.as_bytes(), issued + 1000));
     }
 }

@@ -492,3 +492,158 @@ async fn a_low_descriptor_limit_leaves_admin_reachable_under_an_ecs_flood() {
     assert_eq!(budget["listener_budget"], 24);
     drop(flood);
 }
+
+/// Questionable points, decided: ambiguous heads are 400, an absolute-form target is what the
+/// Host check sees, `Forwarded` is refused on IMDS, a half-closed client gets its answer.
+#[tokio::test]
+async fn ambiguous_requests_forwarded_and_half_close() {
+    let sts = FakeSts::start().await;
+    let dir = ConfigDir::new();
+    let config = config_head(&sts.url())
+        + &role("app", "")
+        + &role("lazy", "prefetch = false")
+        + "\n[imds]\nlisten = \"127.0.0.1:0\"\nrole = \"app\"\nmin_remaining = \"20m\"\n";
+    let broker = TestBroker::start(&dir, &config).await;
+    broker.wait_ready(Duration::from_secs(10)).await;
+    let get = |extra: &str| {
+        format!("GET /v1/credentials/app HTTP/1.1\r\n{extra}Connection: close\r\n\r\n")
+    };
+    let cases = [
+        (
+            get(&format!(
+                "Host: 127.0.0.1\r\nHost: evil.example\r\nAuthorization: {TOKEN}\r\n"
+            )),
+            400,
+            "two Host headers",
+        ),
+        (
+            get(&format!(
+                "Host: 127.0.0.1\r\nAuthorization: {TOKEN}\r\nAuthorization: wrong-token-0123456789\r\n"
+            )),
+            400,
+            "two Authorization headers",
+        ),
+        (
+            get(&format!("Authorization: {TOKEN}\r\n")),
+            400,
+            "HTTP/1.1 without Host",
+        ),
+        (
+            format!(
+                "GET http://evil.example/v1/credentials/app HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {TOKEN}\r\nConnection: close\r\n\r\n"
+            ),
+            403,
+            "absolute-form target naming a rebinding host",
+        ),
+        (
+            format!("GET /v1/credentials/app HTTP/1.0\r\nAuthorization: {TOKEN}\r\n\r\n"),
+            200,
+            "HTTP/1.0 without Host",
+        ),
+    ];
+    for (raw, want, what) in cases {
+        let r = raw_request(broker.ecs, raw.as_bytes()).await;
+        assert_eq!(r.status, want, "{what}: {}", r.body);
+    }
+    let imds = broker.imds.unwrap();
+    for header in [
+        "Forwarded: for=192.0.2.60;proto=http",
+        "X-Forwarded-For: 192.0.2.60",
+    ] {
+        let raw = format!(
+            "PUT /latest/api/token HTTP/1.1\r\nHost: 127.0.0.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n{header}\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(
+            raw_request(imds, raw.as_bytes()).await.status,
+            403,
+            "{header}"
+        );
+    }
+    // Half-close: the request, then FIN; the answer still comes, even when it takes a while
+    // (a cold fetch of a lazy role from a slow STS).
+    sts.set_delay(Duration::from_millis(800));
+    let mut s = TcpStream::connect(broker.ecs).await.unwrap();
+    let cold = format!(
+        "GET /v1/credentials/lazy HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(cold.as_bytes()).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "half-closed client: {text:?}"
+    );
+}
+
+/// Questionable points, decided: IMDS tokens are random and live the whole TTL granted.
+#[tokio::test]
+async fn imds_tokens_are_unique_and_live_their_whole_ttl() {
+    let sts = FakeSts::start().await;
+    let dir = ConfigDir::new();
+    let config = config_head(&sts.url())
+        + &role("app", "")
+        + "\n[imds]\nlisten = \"127.0.0.1:0\"\nrole = \"app\"\nmin_remaining = \"20m\"\n";
+    let broker = TestBroker::start(&dir, &config).await;
+    broker.wait_ready(Duration::from_secs(10)).await;
+    let (a, b) = tokio::join!(broker.imds_token("60"), broker.imds_token("60"));
+    assert_ne!(a, b, "two clients in the same second got the same token");
+    // A 1-second token still works 700 ms later, whenever in the second it was issued
+    // (before: it died at the next whole second, as early as a few ms after issue).
+    for _ in 0..3 {
+        let token = broker.imds_token("1").await;
+        let issued = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let r = broker
+            .imds_request(
+                "GET",
+                "/latest/meta-data/iam/security-credentials/",
+                &[("X-aws-ec2-metadata-token", &token)],
+            )
+            .await;
+        if issued.elapsed() < Duration::from_millis(950) {
+            assert_eq!(
+                r.status,
+                200,
+                "a 1 s token refused {:?} after issue",
+                issued.elapsed()
+            );
+        }
+    }
+}
+
+/// Questionable points, decided: `/readyz` waits for the IMDS role to clear the stricter IMDS
+/// `min_remaining`, so "ready" means IMDS answers too.
+#[tokio::test]
+async fn readyz_reflects_the_imds_floor() {
+    let sts = FakeSts::start().await;
+    // 25 minutes: above [refresh].min_remaining (15m), below the IMDS floor (30m).
+    sts.set_lifetime(Duration::from_secs(25 * 60));
+    let dir = ConfigDir::new();
+    let config = config_head(&sts.url())
+        + &role("app", "")
+        + "\n[imds]\nlisten = \"127.0.0.1:0\"\nrole = \"app\"\nmin_remaining = \"30m\"\n";
+    let broker = TestBroker::start(&dir, &config).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            broker.ecs_get("app", Some(TOKEN)).await.status == 200
+        })
+        .await
+    );
+    let r = broker.admin_get("/readyz").await;
+    assert_eq!(r.status, 503, "ECS can answer but IMDS cannot: {}", r.body);
+    assert!(r.body.contains("app"), "{}", r.body);
+    let token = broker.imds_token("60").await;
+    let imds = broker
+        .imds_request(
+            "GET",
+            "/latest/meta-data/iam/security-credentials/app",
+            &[("X-aws-ec2-metadata-token", &token)],
+        )
+        .await;
+    assert_eq!(imds.status, 503, "IMDS really cannot answer");
+}

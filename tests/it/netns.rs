@@ -417,3 +417,49 @@ async fn a_bridged_container_defeats_hop_limit_but_not_allowed_sources() {
         assert!(broker.wait_exit(Duration::from_secs(15)).await.is_some());
     }
 }
+
+/// Questionable point, decided (issue 12): a non-loopback peer of the admin listener (the
+/// chart binds it to the pod IP for probes and scraping) gets `/healthz`, `/readyz` and
+/// `/metrics`, not `/v1/roles` (account IDs, access key IDs) nor the refresh route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_role_routes_answer_loopback_peers_only() {
+    if !namespaces_available() {
+        return;
+    }
+    let ns = Netns::create("adm");
+    ns.exec(&["ip", "addr", "add", "10.203.0.1/32", "dev", "lo"]);
+    let _moto = NsMoto::start(&ns, 5000);
+    let dir = ConfigDir::new();
+    let config = config_head("http://127.0.0.1:5000").replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        "[admin]\nlisten = [\"10.203.0.1:9469\", \"127.0.0.1:9469\"]",
+    ) + &role("app", "prefetch = false");
+    let _broker = TestBroker::start_wrapped(&dir, &config, "info", &ns.wrapper(), &[]).await;
+    // moto answers before the refresh is asked for.
+    let wait =
+        format!("import sys; sys.argv = ['', 'http://127.0.0.1:5000/moto-api/']\n{WAIT_READY}");
+    ns_python(&ns, dir.path(), &[], &wait);
+    let script = "
+import sys, urllib.request, urllib.error
+for base in ('http://10.203.0.1:9469', 'http://127.0.0.1:9469'):
+    for method, path in (('GET', '/healthz'), ('GET', '/metrics'), ('GET', '/v1/roles'), ('POST', '/v1/roles/app/refresh')):
+        req = urllib.request.Request(base + path, method=method)
+        try:
+            status = urllib.request.urlopen(req, timeout=5).status
+        except urllib.error.HTTPError as e:
+            status = e.code
+        print(base, method, path, status)
+";
+    let out = ns_python(&ns, dir.path(), &[], script);
+    assert_eq!(
+        out,
+        "http://10.203.0.1:9469 GET /healthz 200\n\
+         http://10.203.0.1:9469 GET /metrics 200\n\
+         http://10.203.0.1:9469 GET /v1/roles 403\n\
+         http://10.203.0.1:9469 POST /v1/roles/app/refresh 403\n\
+         http://127.0.0.1:9469 GET /healthz 200\n\
+         http://127.0.0.1:9469 GET /metrics 200\n\
+         http://127.0.0.1:9469 GET /v1/roles 200\n\
+         http://127.0.0.1:9469 POST /v1/roles/app/refresh 200\n"
+    );
+}
