@@ -136,4 +136,18 @@ else
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
   command -v systemd-analyze >/dev/null || die "systemd was installed but systemd-analyze is not there"
 fi
+
+# Ruby's aws-sdk-core (Debian's ruby-aws-sdk-core, 3.168): its ECS provider reads only
+# AWS_CONTAINER_CREDENTIALS_RELATIVE_URI and sends no header, the oldest client shape the broker
+# serves (tests/it/netns.rs).
+if command -v ruby >/dev/null && ruby -e 'require "aws-sdk-core"' 2>/dev/null; then
+  say "ruby aws-sdk-core present ($(ruby -e 'require "aws-sdk-core"; print Aws::CORE_GEM_VERSION'))"
+else
+  command -v apt-get >/dev/null || die "ruby-aws-sdk-core is missing and there is no apt-get"
+  say "installing ruby-aws-sdk-core (apt)"
+  apt-get -o DPkg::Lock::Timeout=300 update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+    --no-install-recommends ruby-aws-sdk-core >/dev/null
+  ruby -e 'require "aws-sdk-core"' || die "ruby-aws-sdk-core was installed but does not load"
+fi
 # ---------------------------------------------------------------------------------------------------

@@ -58,13 +58,18 @@ pub fn check_summary(config: &Config) -> String {
         }
         let _ = write!(
             line,
-            " tags {} policy_arns {} inline policy {} external id {} source identity {} tokens {} prefetch {}",
+            " tags {} policy_arns {} inline policy {} external id {} source identity {} tokens {} relative uri {} prefetch {}",
             s.tags().len(),
             s.policy_arns.len(),
             if s.policy.is_some() { "yes" } else { "no" },
             if s.has_external_id() { "set" } else { "none" },
             s.source_identity().unwrap_or("none"),
             r.tokens.len(),
+            if r.relative_uri_id.is_some() {
+                "on"
+            } else {
+                "off"
+            },
             s.prefetch,
         );
         let _ = writeln!(out, "{line}");
@@ -112,11 +117,30 @@ pub fn env_lines(config: &Config, role: &str) -> Result<String, String> {
             "role {role:?} has no token_files; give it one so the workload can read its token from a file"
         )
     })?;
-    Ok(format!(
+    let mut out = format!(
         "export AWS_CONTAINER_CREDENTIALS_FULL_URI={}\nexport AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={}\n",
         shell_quote(&url),
         shell_quote(&file.display().to_string())
-    ))
+    );
+    if let Some(id) = &r.relative_uri_id {
+        // botocore and Rust prefer RELATIVE_URI over FULL_URI when both are set, and always
+        // fetch it from 169.254.170.2:80: export it only when the broker listens there.
+        let relative = format!(
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI={}{}",
+            crate::config::relative_uri::PREFIX,
+            id.expose()
+        );
+        let ecs_address: SocketAddr = ([169, 254, 170, 2], 80).into();
+        if config.ecs.listen.contains(&ecs_address) {
+            let _ = writeln!(out, "export {relative}");
+        } else {
+            let _ = writeln!(
+                out,
+                "# for SDKs that read only the relative URI, with the broker reachable at 169.254.170.2:80:\n# export {relative}"
+            );
+        }
+    }
+    Ok(out)
 }
 
 fn shell_quote(s: &str) -> String {

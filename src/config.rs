@@ -7,6 +7,7 @@
 //! here, so a bad value fails at load time instead of as an `AccessDenied` at 3 a.m.
 
 pub mod file;
+pub mod relative_uri;
 mod role;
 
 pub use role::{AssertionSource, CHAINED_MAX_DURATION, Mfa, RoleConfig, RoleKind, RoleSpec};
@@ -467,10 +468,25 @@ impl Config {
             Some(v) => deserialize_known::<RawAudit>(&mut p, Scope::Table("audit"), v, AUDIT_KEYS)
                 .and_then(|raw| build_audit(&mut p, raw)),
         };
+        // A relative-URI path id names exactly one role.
+        let mut ids = std::collections::HashMap::new();
+        for r in &roles {
+            if let Some(id) = &r.relative_uri_id
+                && let Some(first) = ids.insert(id.expose().to_string(), r.name.clone())
+            {
+                p.error(
+                    Scope::Role(r.name.clone()),
+                    Some("relative_uri_id"),
+                    format!(
+                        "the same path id as role {first:?} (set relative_uri_id, or give the roles different tokens)"
+                    ),
+                );
+            }
+        }
         // IMDS serves its role without ECS tokens; any other role without tokens is unreachable.
         for r in &roles {
             let is_imds_role = imds.as_ref().is_some_and(|i| i.role == r.name);
-            if r.tokens.is_empty() && !is_imds_role {
+            if r.tokens.is_empty() && r.relative_uri_id.is_none() && !is_imds_role {
                 p.warn(
                     &Scope::Role(r.name.clone()),
                     "token_files",

@@ -70,6 +70,8 @@ pub enum Access {
 #[derive(Debug, Default)]
 pub struct TokenIndex {
     by_digest: HashMap<[u8; 32], Vec<Arc<str>>>,
+    /// Relative-URI path ids by SHA-256 digest → the one role each serves.
+    by_path_id: HashMap<[u8; 32], Arc<str>>,
 }
 
 impl TokenIndex {
@@ -85,7 +87,27 @@ impl TokenIndex {
                 }
             }
         }
-        TokenIndex { by_digest }
+        let by_path_id = config
+            .roles
+            .iter()
+            .filter_map(|r| {
+                let id = r.relative_uri_id.as_ref()?;
+                Some((digest(id.expose().as_bytes()), Arc::from(r.name.as_str())))
+            })
+            .collect();
+        TokenIndex {
+            by_digest,
+            by_path_id,
+        }
+    }
+
+    /// The role a relative-URI path id (digest `d`) serves, if any. The map lookup picks the
+    /// candidate; a constant-time comparison of the full digest confirms it.
+    pub fn role_for_path_id(&self, d: &[u8; 32]) -> Option<&str> {
+        match self.by_path_id.get_key_value(d) {
+            Some((stored, role)) if bool::from(stored.ct_eq(d)) => Some(role),
+            _ => None,
+        }
     }
 
     /// What `token` (the raw `Authorization` header value) may do for `role`.

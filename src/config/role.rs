@@ -47,6 +47,9 @@ pub struct RoleConfig {
     /// ECS tokens allowed to fetch this role: inline ones and the contents of `token_files`.
     pub tokens: Vec<Secret>,
     pub token_files: Vec<PathBuf>,
+    /// The secret path id for clients that know only `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`
+    /// (`/v2/credentials/<id>`, no header); `None` when off or the role has no token.
+    pub relative_uri_id: Option<Secret>,
 }
 
 /// The STS-facing part of a role. Two equal specs yield interchangeable credentials, which is
@@ -207,6 +210,9 @@ struct RawRole {
     tokens: Vec<String>,
     #[serde(default = "default_true")]
     prefetch: bool,
+    #[serde(default = "default_true")]
+    relative_uri: bool,
+    relative_uri_id: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -223,6 +229,8 @@ const COMMON_KEYS: &[&str] = &[
     "token_files",
     "tokens",
     "prefetch",
+    "relative_uri",
+    "relative_uri_id",
 ];
 
 /// The kinds and the keys each adds to [`COMMON_KEYS`].
@@ -653,6 +661,27 @@ fn build_role(p: &mut Problems, raw: RawRole, ctx: &LoadContext) -> Option<RoleC
     };
 
     let tokens = load_tokens(p, &scope, &raw.token_files, raw.tokens);
+    let relative_uri_id = match (raw.relative_uri, raw.relative_uri_id) {
+        (false, Some(_)) => {
+            err(
+                p,
+                "relative_uri_id",
+                "set, but relative_uri = false turns the path off".into(),
+            );
+            None
+        }
+        (false, None) => None,
+        (true, Some(id)) => match super::relative_uri::check_id(&id) {
+            Ok(()) => Some(Secret::new(id)),
+            Err(why) => {
+                err(p, "relative_uri_id", why);
+                None
+            }
+        },
+        (true, None) => tokens
+            .first()
+            .map(|t| super::relative_uri::derive(t, &raw.name)),
+    };
     if p.errors.len() > errors_before {
         return None;
     }
@@ -670,6 +699,7 @@ fn build_role(p: &mut Problems, raw: RawRole, ctx: &LoadContext) -> Option<RoleC
         },
         tokens,
         token_files: raw.token_files,
+        relative_uri_id,
     })
 }
 

@@ -12,6 +12,10 @@
 //! | 400 | a request body | `BodyNotAllowed` |
 //! | 503 | nothing servable: STS failing and cached credentials below `min_remaining` | `CredentialsUnavailable` |
 //!
+//! `GET /v2/credentials/{id}` (no header) serves the role whose secret path id it is: the shape
+//! of `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`, for SDKs that know nothing else. Unknown ids
+//! are 404; the path is never logged.
+//!
 //! The token is checked before the role is looked up, so an unauthenticated caller learns
 //! nothing about which roles exist. Errors are `{"Code","Message"}` JSON. A request for a
 //! role with nothing cached waits for the one in-flight fetch, bounded by `[sts].timeout`.
@@ -27,6 +31,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::audit::{AuditLog, AuditRecord};
 use crate::cache::{CacheError, CredentialCache, RoleSlot, Served};
+use crate::config::relative_uri;
 use crate::metrics::Metrics;
 use crate::server::http::{self, Body};
 use crate::state::{Access, Snapshot, TokenIndex};
@@ -82,7 +87,14 @@ pub async fn handle(
     ctx.metrics
         .observe_request(ENDPOINT, role, status, started.elapsed());
     if status != 200 {
-        tracing::debug!(%peer, role, status, path = req.uri().path(), "ecs request refused");
+        // A relative-URI path is a secret: never logged.
+        let path = req.uri().path();
+        let path = if path.starts_with(relative_uri::PREFIX) {
+            "/v2/credentials/(redacted)"
+        } else {
+            path
+        };
+        tracing::debug!(%peer, role, status, path, "ecs request refused");
     }
     if let Some(audit) = &ctx.audit
         && out.credentials_route
@@ -103,6 +115,9 @@ pub async fn handle(
 async fn answer(ctx: &EcsContext, snap: &Snapshot, req: &Request<Incoming>) -> Outcome {
     if !http::host_allowed(req, &snap.config.ecs.allowed_hosts) {
         return Outcome::refused(http::forbidden_host());
+    }
+    if let Some(id) = req.uri().path().strip_prefix(relative_uri::PREFIX) {
+        return relative(ctx, snap, req, id).await;
     }
     let Some(name) = req
         .uri()
@@ -165,6 +180,40 @@ async fn answer(ctx: &EcsContext, snap: &Snapshot, req: &Request<Incoming>) -> O
             out.served = Some(served);
         }
         Err(e) => out.resp = unavailable(name, &e),
+    }
+    out
+}
+
+/// `GET /v2/credentials/{id}`: the shape SDKs that know only
+/// `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` ask for, with no `Authorization` header. The id is
+/// the secret (see `config::relative_uri`); an unknown one is 404 like any other path, so
+/// probing learns nothing. Audited with the id's fingerprint in place of a token's.
+async fn relative(ctx: &EcsContext, snap: &Snapshot, req: &Request<Incoming>, id: &str) -> Outcome {
+    if req.method() != Method::GET {
+        return Outcome::refused(http::method_not_allowed("GET"));
+    }
+    if http::has_body(req) {
+        return Outcome::refused(http::body_not_allowed());
+    }
+    let digest = TokenIndex::digest(id.as_bytes());
+    let Some(slot) = snap
+        .tokens
+        .role_for_path_id(&digest)
+        .and_then(|name| snap.roles.get(name))
+    else {
+        return Outcome::refused(http::not_found());
+    };
+    let mut out = Outcome::refused(Response::default());
+    out.credentials_route = true;
+    out.fingerprint = Some(digest[..8].try_into().expect("8 of 32 bytes"));
+    out.slot = Some(Arc::clone(slot));
+    let wait = snap.config.sts.timeout + Duration::from_secs(1);
+    match ctx.cache.get(slot, wait).await {
+        Ok(served) => {
+            out.resp = http::json_response(StatusCode::OK, served.ecs_body.clone());
+            out.served = Some(served);
+        }
+        Err(e) => out.resp = unavailable(&slot.config.name, &e),
     }
     out
 }

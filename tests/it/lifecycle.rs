@@ -268,12 +268,23 @@ fn check_prints_a_summary_without_secrets() {
         &dir,
     );
     assert_eq!(code, 0);
+    let (exports, relative) = out.split_at(out.find('#').unwrap_or(out.len()));
     assert_eq!(
-        out,
+        exports,
         format!(
             "export AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:8170/v1/credentials/app\nexport AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={}\n",
             token.display()
         )
+    );
+    // Not at 169.254.170.2:80: the relative URI is printed commented out (it would win over
+    // FULL_URI in botocore and Rust, and point them at an address nobody listens on).
+    let id = relative
+        .split("# export AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=/v2/credentials/")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no relative URI line in {out:?}"));
+    assert!(
+        id.trim_end().len() == 32 && id.trim_end().bytes().all(|b| b.is_ascii_hexdigit()),
+        "{out:?}"
     );
     let (code, _, err) = run_cli(
         &["env", "-c", path.to_str().unwrap(), "--role", "nope"],

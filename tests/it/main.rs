@@ -19,4 +19,5 @@ mod kinds;
 mod lifecycle;
 mod netns;
 mod refresh;
+mod relative_uri;
 mod secrets;

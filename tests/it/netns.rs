@@ -463,3 +463,110 @@ for base in ('http://10.203.0.1:9469', 'http://127.0.0.1:9469'):
          http://127.0.0.1:9469 POST /v1/roles/app/refresh 200\n"
     );
 }
+
+/// The oldest ECS clients (issue 12): Ruby's aws-sdk-core reads only
+/// `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`, asks `169.254.170.2:80` and sends no header.
+/// With the ECS listener there, the line `sts-broker env` prints is all it needs; boto3 given
+/// only that variable finds the broker the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdks_that_know_only_the_relative_uri_find_the_broker_at_169_254_170_2() {
+    if !namespaces_available() {
+        return;
+    }
+    assert!(
+        Command::new("ruby")
+            .args(["-e", "require 'aws-sdk-core'"])
+            .status()
+            .is_ok_and(|s| s.success()),
+        "ruby with aws-sdk-core not found: run scripts/setup-test-deps.sh (Debian ruby-aws-sdk-core)"
+    );
+    let ns = Netns::create("rel");
+    ns.exec(&["ip", "addr", "add", "169.254.170.2/32", "dev", "lo"]);
+    let _moto = NsMoto::start(&ns, 5000);
+    let dir = ConfigDir::new();
+    let token_file = dir.token_file("app.token", TOKEN);
+    let config = format!(
+        r#"
+[sts]
+region = "us-east-1"
+endpoint = "http://127.0.0.1:5000"
+[source]
+kind = "static_env"
+[ecs]
+listen = ["169.254.170.2:80", "127.0.0.1:8170"]
+[admin]
+listen = "127.0.0.1:9469"
+[[role]]
+name = "app"
+arn = "arn:aws:iam::123456789012:role/app"
+session_name = "relative-uri-test"
+token_files = [{:?}]
+"#,
+        token_file.display().to_string()
+    );
+    let config_path = dir.write("config.toml", &config);
+    // `env` exports the relative URI (not commented out): the broker listens at 169.254.170.2:80.
+    let mut cmd = Command::new(BIN);
+    cmd.args(["env", "-c", config_path.to_str().unwrap(), "--role", "app"]);
+    broker_env(&mut cmd, dir.path(), "warn");
+    let env_out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
+    let relative = env_out
+        .lines()
+        .find_map(|l| l.strip_prefix("export AWS_CONTAINER_CREDENTIALS_RELATIVE_URI="))
+        .unwrap_or_else(|| panic!("no active RELATIVE_URI export in:\n{env_out}"))
+        .to_string();
+    let _broker = TestBroker::start_wrapped(&dir, &config, "info", &ns.wrapper(), &[]).await;
+    let home = dir.path();
+    let wait = format!("import sys; sys.argv = ['', 'http://127.0.0.1:9469/readyz']\n{WAIT_READY}");
+    ns_python(&ns, home, &[], &wait);
+
+    let ruby = "
+require 'aws-sdk-core'
+sts = Aws::STS::Client.new(region: 'us-east-1', endpoint: 'http://127.0.0.1:5000')
+puts sts.config.credentials.class
+puts sts.get_caller_identity.arn
+";
+    let out = ns
+        .command("env")
+        .args([
+            "-i",
+            "PATH=/usr/bin:/bin",
+            &format!("HOME={}", home.display()),
+            "AWS_CONFIG_FILE=/dev/null",
+            "AWS_SHARED_CREDENTIALS_FILE=/dev/null",
+            "AWS_EC2_METADATA_DISABLED=true",
+            &format!("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI={relative}"),
+            "ruby",
+            "-e",
+            ruby,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ruby failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Aws::ECSCredentials\narn:aws:sts::123456789012:assumed-role/app/relative-uri-test\n"
+    );
+
+    let script = "import boto3\n\
+                  s = boto3.session.Session()\n\
+                  print(s.get_credentials().method)\n\
+                  print(s.client('sts', endpoint_url='http://127.0.0.1:5000').get_caller_identity()['Arn'])\n";
+    let out = ns_python(
+        &ns,
+        home,
+        &[
+            ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", &relative),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+        script,
+    );
+    assert_eq!(
+        out,
+        "container-role\narn:aws:sts::123456789012:assumed-role/app/relative-uri-test\n"
+    );
+}

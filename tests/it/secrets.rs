@@ -19,7 +19,9 @@ async fn no_secret_in_trace_logs_metrics_status_or_errors() {
             "\n[[role]]\nname = \"app\"\narn = \"arn:aws:iam::123456789012:role/app\"\nexternal_id = \"{MARKER}-external-id\"\ntoken_files = [{:?}]\ntokens = [\"{MARKER}-inline-token\"]\n",
             token_file.display().to_string()
         )
-        + "\n[[role]]\nname = \"other\"\narn = \"arn:aws:iam::123456789012:role/other\"\ntokens = [\"other-token-0123456789\"]\n";
+        + &format!(
+            "\n[[role]]\nname = \"other\"\narn = \"arn:aws:iam::123456789012:role/other\"\ntokens = [\"other-token-0123456789\"]\nrelative_uri_id = \"{MARKER}-relative-uri-id\"\n"
+        );
     let broker = TestBroker::start_with_log(&dir, &config, "trace").await;
     broker.wait_ready(Duration::from_secs(10)).await;
 
@@ -60,6 +62,24 @@ async fn no_secret_in_trace_logs_metrics_status_or_errors() {
         .ecs_get("nope", Some(&format!("{MARKER}-inline-token")))
         .await;
     check("unknown role", &r.body);
+    // The relative-URI path id is a secret too: served, probed, never echoed or logged.
+    let r = request(
+        broker.ecs,
+        "GET",
+        &format!("/v2/credentials/{MARKER}-relative-uri-id"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = request(
+        broker.ecs,
+        "GET",
+        &format!("/v2/credentials/{MARKER}-relative-uri-ix"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    check("a probed relative URI", &r.body);
     sts.set_scenario(Scenario::Truncated);
     let r = broker.admin_post("/v1/roles/other/refresh").await;
     assert_eq!(r.status, 503);
