@@ -298,6 +298,7 @@ async fn audit_records_lost_to_a_full_disk_are_dropped_and_no_line_is_cut() {
         + &format!("\n[audit]\npath = {:?}\n", trail.display().to_string());
     let broker = TestBroker::start(&dir, &config).await;
     broker.wait_ready(Duration::from_secs(10)).await;
+    let started = std::time::Instant::now();
     let mut sent = 0.0;
     // Several flushes (one a second), each larger than the room left.
     for _ in 0..4 {
@@ -357,9 +358,12 @@ async fn audit_records_lost_to_a_full_disk_are_dropped_and_no_line_is_cut() {
                 .is_some_and(|m| m.contains("cannot write the audit trail"))
         })
         .count();
+    // One warning per 10 s at most (however long a loaded machine made this test take).
+    let allowed = 1 + usize::try_from(started.elapsed().as_secs() / 10).unwrap();
     assert!(
-        (1..=3).contains(&warnings),
-        "rate-limited warnings: {warnings}"
+        (1..=allowed).contains(&warnings),
+        "rate-limited warnings: {warnings} in {:?}",
+        started.elapsed()
     );
 }
 
