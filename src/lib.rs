@@ -506,6 +506,17 @@ fn limits(
     budget: Option<usize>,
 ) -> http::Limits {
     let max_connections = match budget {
+        // Admin's share is an eighth by design (probes and scrapes need few connections):
+        // lowering it is expected, not worth a warning.
+        Some(b) if b < l.max_connections && endpoint == "admin" => {
+            tracing::info!(
+                endpoint,
+                configured = l.max_connections,
+                budget = b,
+                "max_connections set to the admin share of the file descriptor limit"
+            );
+            b
+        }
         Some(b) if b < l.max_connections => {
             tracing::warn!(
                 endpoint,
