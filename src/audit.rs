@@ -126,9 +126,13 @@ impl AuditLog {
         }
     }
 
-    /// Reopens the file (after logrotate moved it away).
+    /// Asks the writer to reopen the file (after logrotate moved it away). Never waits: this
+    /// runs in the loop that handles signals, and a writer stuck on a dead disk must not make
+    /// SIGTERM go unheard; with the queue full the reopen is skipped (and logged).
     pub async fn reopen(&self) {
-        let _ = self.tx.send(Msg::Reopen).await;
+        if self.tx.try_send(Msg::Reopen).is_err() {
+            tracing::warn!(path = %self.path.display(), "audit trail not reopened: the writer is behind (queue full)");
+        }
     }
 
     /// Writes out everything queued and stops the writer; gives up after `CLOSE_TIMEOUT`

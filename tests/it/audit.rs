@@ -184,8 +184,17 @@ async fn a_stalled_audit_disk_drops_records_but_never_blocks_serving() {
         dropped > 0.0,
         "records beyond the queue are dropped and counted"
     );
-    // Even with the writer stuck, SIGTERM ends the process promptly.
+    // Even with the writer stuck, SIGTERM ends the process promptly, also right after a
+    // SIGHUP (whose audit reopen must not wait for the stuck writer's full queue).
     let mut broker = broker;
+    broker.signal("HUP");
+    assert!(
+        broker
+            .wait_for_metric("sts_broker_config_reloads_total{outcome=\"ok\"}", 1.0)
+            .await,
+        "the reload is not held up by the stuck writer: {}",
+        broker.logs()
+    );
     broker.signal("TERM");
     let status = broker.wait_exit(Duration::from_secs(20)).await;
     assert!(status.is_some_and(|s| s.success()), "{}", broker.logs());
