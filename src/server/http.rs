@@ -551,6 +551,27 @@ mod tests {
     }
 
     #[test]
+    fn allowed_sources_match_mapped_peers_and_empty_allows_all() {
+        let limits = |nets: &[&str]| Limits {
+            max_connections: 1,
+            per_peer: None,
+            hop_limit: None,
+            allowed_sources: nets.iter().map(|n| n.parse().unwrap()).collect(),
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let lo = limits(&["127.0.0.0/8", "::1/128"]);
+        assert!(lo.source_allowed(ip("127.0.0.1")));
+        assert!(
+            lo.source_allowed(ip("::ffff:127.0.0.1")),
+            "IPv4-mapped on a [::] listener"
+        );
+        assert!(lo.source_allowed(ip("::1")));
+        assert!(!lo.source_allowed(ip("10.202.0.2")));
+        assert!(!lo.source_allowed(ip("::ffff:10.202.0.2")));
+        assert!(limits(&[]).source_allowed(ip("192.0.2.1")));
+    }
+
+    #[test]
     fn ambiguous_heads_are_refused() {
         let build = |version, headers: &[(&str, &str)]| {
             let mut b = Request::builder().uri("/").version(version);
