@@ -212,7 +212,7 @@ pub struct RoleStatus {
     pub last_forced: Option<SystemTime>,
 }
 
-/// A forced refresh within this of the last fetched credentials returns those: repeated
+/// A forced refresh within this of the last forced fetch returns its credentials: repeated
 /// clicks, scripts in a loop or a forged request cost no STS call.
 pub const FORCED_REFRESH_COALESCE: Duration = Duration::from_secs(10);
 
@@ -457,8 +457,9 @@ impl CredentialCache {
     /// Fetches new credentials now (the operator's answer to a session revocation) without
     /// throwing the current ones away: they keep being served until the new ones are in, and
     /// stay when STS fails. Concurrent forced refreshes join the fetch in flight; one within
-    /// [`FORCED_REFRESH_COALESCE`] of the last success answers with those credentials, and a
-    /// role in back-off answers with its last error: neither costs an STS call.
+    /// [`FORCED_REFRESH_COALESCE`] of the start of the last forced fetch answers with the
+    /// credentials it got, and a role in back-off answers with its last error: none of these
+    /// costs an STS call.
     pub async fn force_refresh(
         self: &Arc<Self>,
         slot: &Arc<RoleSlot>,

@@ -206,6 +206,11 @@ async fn refresh(
         );
     };
     tracing::info!(role = name, %peer, "forced refresh requested");
+    // Whether the back-off gate is closed now: then the answer below costs no STS call.
+    let backing_off = slot
+        .status()
+        .retry_not_before
+        .is_some_and(|t| t > Instant::now());
     match ctx.cache.force_refresh(slot).await {
         Ok(forced) => {
             let mut body = role_json(ctx, slot).await;
@@ -222,10 +227,6 @@ async fn refresh(
                 ),
                 None => "; no credentials are held for this role".to_string(),
             };
-            let backing_off = slot
-                .status()
-                .retry_not_before
-                .is_some_and(|t| t > Instant::now());
             tracing::warn!(role = name, error = %e.message, "forced refresh failed{kept}");
             http::error_response(
                 StatusCode::SERVICE_UNAVAILABLE,

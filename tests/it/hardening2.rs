@@ -50,6 +50,7 @@ async fn forced_refresh_refuses_browsers_keeps_good_credentials_and_coalesces() 
     assert_eq!(r.status, 503, "{}", r.body);
     let msg = r.json()["Message"].as_str().unwrap().to_string();
     assert!(msg.contains("keep being served"), "{msg}");
+    assert!(!msg.contains("backing off"), "this one did call STS: {msg}");
     let served = broker.ecs_get("app", Some(TOKEN)).await;
     assert_eq!(served.status, 200, "{}", served.body);
     assert_eq!(served.json()["AccessKeyId"], first);
