@@ -25,15 +25,18 @@ pub fn check_summary(config: &Config) -> String {
     );
     let _ = writeln!(
         out,
-        "ecs: {}  admin: {}",
+        "ecs: {}{}  admin: {}{}",
         join_addrs(&config.ecs.listen),
-        join_addrs(&config.admin.listen)
+        sources(&config.ecs.allowed_sources),
+        join_addrs(&config.admin.listen),
+        sources(&config.admin.allowed_sources)
     );
     if let Some(imds) = &config.imds {
         let _ = writeln!(
             out,
-            "imds: {} role {:?} v1 {} max token ttl {} min remaining {} hop limit {}",
+            "imds: {}{} role {:?} v1 {} max token ttl {} min remaining {} hop limit {}",
             join_addrs(&imds.listener.listen),
+            sources(&imds.listener.allowed_sources),
             imds.role,
             if imds.allow_v1 { "allowed" } else { "off" },
             humantime::format_duration(imds.max_token_ttl),
@@ -78,6 +81,15 @@ pub fn check_summary(config: &Config) -> String {
         let _ = writeln!(out, "warning: {w}");
     }
     out
+}
+
+/// ` (sources 127.0.0.0/8, ::1/128)` when a listener has an `allowed_sources` list.
+fn sources(nets: &[ipnet::IpNet]) -> String {
+    if nets.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = nets.iter().map(ToString::to_string).collect();
+    format!(" (sources {})", list.join(", "))
 }
 
 fn join_addrs(addrs: &[SocketAddr]) -> String {

@@ -661,6 +661,12 @@ fn allowed_sources_parse_and_every_bad_one_is_named() {
     ))
     .unwrap();
     assert_eq!(ok.ecs.allowed_sources.len(), 3);
+    let summary = crate::commands::check_summary(&ok);
+    assert!(
+        summary.contains("(sources 127.0.0.0/8, ::1/128, fd00::/8)")
+            && summary.contains("admin: 127.0.0.1:9469 (sources 10.0.0.0/8)"),
+        "{summary}"
+    );
     assert!(ok.ecs.allowed_sources[1].contains(&"::1".parse::<std::net::IpAddr>().unwrap()));
     assert!(parse(&role("")).unwrap().ecs.allowed_sources.is_empty());
     let errs = errors(&format!(
