@@ -2,13 +2,16 @@
 //!
 //! ```json
 //! {"time":"2026-11-28T12:00:00.123Z","endpoint":"ecs","peer":"127.0.0.1:40312",
-//!  "token_fingerprint":"9f86d081884c7d65","role":"app","access_key_id":"ASIA…",
+//!  "token_fingerprint":"9f86d081884c7d65","uid":null,"user":null,"role":"app","access_key_id":"ASIA…",
 //!  "session_name":"app-node-1","source_identity":null,"status":200}
 //! ```
 //!
 //! - `token_fingerprint` is the first 16 hex digits of the SHA-256 of the client token (never
 //!   the token): `printf %s "$(cat token-file)" | sha256sum | cut -c1-16` finds its owner.
 //!   IMDS requests have none (IMDS session tokens identify no one).
+//! - `uid` and `user` name the client socket's owner when the broker asked the kernel (some
+//!   role has `local_users`): the UID whenever it is known, the user name when that UID is a
+//!   configured local user. Token requests carry them too when known.
 //! - `access_key_id` joins the line to CloudTrail.
 //! - Handlers hand records to a bounded channel and never wait: when the disk is slow and the
 //!   channel is full, records are dropped and counted (`sts_broker_audit_dropped_total`).
@@ -50,6 +53,10 @@ pub struct AuditRecord {
     pub peer: SocketAddr,
     /// The first 8 bytes of the client token's SHA-256.
     pub token_fingerprint: Option<[u8; 8]>,
+    /// The client socket's owner, when the kernel told it (`local_users`, DESIGN §10).
+    pub uid: Option<u32>,
+    /// That owner's user name, when it is a configured local user.
+    pub user: Option<Arc<str>>,
     /// The configured role, when the request named one.
     pub slot: Option<Arc<RoleSlot>>,
     /// What was served, on 200.
@@ -65,6 +72,8 @@ impl AuditRecord {
             "endpoint": self.endpoint,
             "peer": self.peer.to_string(),
             "token_fingerprint": self.token_fingerprint.map(hex::encode),
+            "uid": self.uid,
+            "user": self.user.as_deref(),
             "role": self.slot.as_ref().map(|s| s.config.name.as_str()),
             "access_key_id": self.served.as_ref().map(|s| s.access_key_id.as_str()),
             "session_name": spec.and_then(|s| s.session_name.as_deref()),

@@ -10,7 +10,9 @@ pub mod file;
 pub mod relative_uri;
 mod role;
 
-pub use role::{AssertionSource, CHAINED_MAX_DURATION, Mfa, RoleConfig, RoleKind, RoleSpec};
+pub use role::{
+    AssertionSource, CHAINED_MAX_DURATION, LocalUser, Mfa, RoleConfig, RoleKind, RoleSpec,
+};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -161,12 +163,14 @@ pub struct AuditConfig {
     pub path: PathBuf,
 }
 
-/// `[imds]`: an IMDSv2-compatible listener exposing one role as the "instance profile".
+/// `[imds]`: an IMDSv2-compatible listener exposing one role as the "instance profile", and
+/// each `local_users` caller's own role.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImdsConfig {
     pub listener: ListenerConfig,
-    /// The configured role name this "instance" exposes.
-    pub role: String,
+    /// The configured role name this "instance" exposes to callers that no role's
+    /// `local_users` names; `None`: only `local_users` callers get a role.
+    pub role: Option<String>,
     /// Serve GETs without a session token (IMDSv1). Off: v1 requests get 401.
     pub allow_v1: bool,
     /// Upper bound on the TTL granted to `PUT /latest/api/token`.
@@ -483,10 +487,18 @@ impl Config {
                 );
             }
         }
-        // IMDS serves its role without ECS tokens; any other role without tokens is unreachable.
+        check_local_users(&mut p, &roles);
+        // IMDS serves its role without ECS tokens, local users need none; any other role
+        // without tokens is unreachable.
         for r in &roles {
-            let is_imds_role = imds.as_ref().is_some_and(|i| i.role == r.name);
-            if r.tokens.is_empty() && r.relative_uri_id.is_none() && !is_imds_role {
+            let is_imds_role = imds
+                .as_ref()
+                .is_some_and(|i| i.role.as_deref() == Some(r.name.as_str()));
+            if r.tokens.is_empty()
+                && r.relative_uri_id.is_none()
+                && !is_imds_role
+                && r.local_users.is_empty()
+            {
                 p.warn(
                     &Scope::Role(r.name.clone()),
                     "token_files",
@@ -909,43 +921,45 @@ fn build_imds(
             format!("{hop_limit} must be between 1 and 255"),
         );
     }
-    let role = match raw.role {
-        None => {
-            p.error(
-                scope.clone(),
-                Some("role"),
-                "required: the [[role]] name this instance exposes",
-            );
-            String::new()
-        }
-        Some(name) => {
-            match roles.iter().find(|r| r.name == name) {
-                None if !roles.is_empty() => p.error(
+    if raw.role.is_none() && !roles.is_empty() && roles.iter().all(|r| r.local_users.is_empty()) {
+        p.error(
+            scope.clone(),
+            Some("role"),
+            "required unless some [[role]] has local_users: the [[role]] name this instance exposes",
+        );
+    }
+    if let Some(name) = &raw.role
+        && !roles.is_empty()
+        && !roles.iter().any(|r| &r.name == name)
+    {
+        p.error(
+            scope.clone(),
+            Some("role"),
+            format!("{name:?} is not the name of a [[role]]"),
+        );
+    }
+    // Every role IMDS serves must be refreshed before it drops below the IMDS floor.
+    for r in roles
+        .iter()
+        .filter(|r| raw.role.as_deref() == Some(r.name.as_str()) || !r.local_users.is_empty())
+    {
+        if let Some(refresh) = refresh {
+            let lead = refresh.lead.for_lifetime(r.spec.duration);
+            if min_remaining >= lead {
+                p.error(
                     scope.clone(),
-                    Some("role"),
-                    format!("{name:?} is not the name of a [[role]]"),
-                ),
-                Some(r) => {
-                    if let Some(refresh) = refresh {
-                        let lead = refresh.lead.for_lifetime(r.spec.duration);
-                        if min_remaining >= lead {
-                            p.error(
-                                scope.clone(),
-                                Some("min_remaining"),
-                                format!(
-                                    "{} must be less than the refresh lead for role {name:?} ({}), or IMDS stops serving before the refresh",
-                                    humantime::format_duration(min_remaining),
-                                    humantime::format_duration(lead)
-                                ),
-                            );
-                        }
-                    }
-                }
-                None => {}
+                    Some("min_remaining"),
+                    format!(
+                        "{} must be less than the refresh lead for role {:?} ({}), or IMDS stops serving before the refresh",
+                        humantime::format_duration(min_remaining),
+                        r.name,
+                        humantime::format_duration(lead)
+                    ),
+                );
             }
-            name
         }
-    };
+    }
+    let role = raw.role;
     Some(ImdsConfig {
         listener,
         role,
@@ -954,6 +968,37 @@ fn build_imds(
         min_remaining,
         hop_limit,
     })
+}
+
+/// A UID may be listed by one role only: IMDS answers each user with exactly one role.
+/// With no `[imds]`, `local_users` still serves token-less ECS requests.
+fn check_local_users(p: &mut Problems, roles: &[Arc<RoleConfig>]) {
+    let mut owner: std::collections::HashMap<u32, &str> = std::collections::HashMap::new();
+    for r in roles {
+        for u in &r.local_users {
+            match owner.get(&u.uid) {
+                Some(first) => p.error(
+                    Scope::Role(r.name.clone()),
+                    Some("local_users"),
+                    format!(
+                        "{} is already a local user of role {first:?}; a user gets one role (IMDS lists exactly one)",
+                        describe_user(u)
+                    ),
+                ),
+                None => {
+                    owner.insert(u.uid, &r.name);
+                }
+            }
+        }
+    }
+}
+
+/// `user "billing" (UID 1207)` or `UID 1207`.
+pub fn describe_user(u: &LocalUser) -> String {
+    match &u.name {
+        Some(n) => format!("user {n:?} (UID {})", u.uid),
+        None => format!("UID {}", u.uid),
+    }
 }
 
 // === single-value checks (pure, unit-tested) ===

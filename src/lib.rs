@@ -22,6 +22,7 @@ pub mod config;
 pub mod creds;
 pub mod fdlimit;
 pub mod iam;
+pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod refresh;
@@ -68,6 +69,8 @@ pub enum StartError {
     },
     #[error("cannot set up STS: {0}")]
     Sts(String),
+    #[error("{0}")]
+    OwnUser(String),
     #[error("cannot open the audit trail {path}: {source}")]
     Audit {
         path: std::path::PathBuf,
@@ -84,6 +87,24 @@ pub enum ReloadError {
     Rejected(&'static str),
     #[error("cannot set up STS with the new configuration: {0}")]
     Sts(String),
+    #[error("{0}")]
+    OwnUser(String),
+}
+
+/// The broker's own user must stay on the real IMDS: with a `default` `[source]` its own
+/// credentials come from there, and a redirect of its traffic would loop back to itself.
+fn check_own_user(config: &Config) -> Result<(), String> {
+    let me = nix::unistd::getuid().as_raw();
+    for role in &config.roles {
+        if let Some(u) = role.local_users.iter().find(|u| u.uid == me) {
+            return Err(format!(
+                "role {:?}: key \"local_users\": {} is the broker's own user; it must stay on the real instance metadata service",
+                role.name,
+                config::describe_user(u)
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A running broker: listeners, refresh tasks, cache.
@@ -115,6 +136,7 @@ impl Broker {
     /// # Errors
     /// When a listener cannot bind or STS cannot be set up (no region).
     pub async fn start(config: Config) -> Result<Broker, StartError> {
+        check_own_user(&config).map_err(StartError::OwnUser)?;
         let metrics = Arc::new(Metrics::new());
         let ecs_listeners = bind_all("ecs", &config.ecs.listen).await?;
         let admin_listeners = bind_all("admin", &config.admin.listen).await?;
@@ -185,6 +207,7 @@ impl Broker {
             config: Arc::clone(&current),
             roles: HashMap::new(),
             tokens: TokenIndex::default(),
+            local: identity::LocalUsers::default(),
         }));
 
         let broker = Broker {
@@ -212,6 +235,8 @@ impl Broker {
             metrics: Arc::clone(&broker.metrics),
             audit: broker.audit.clone(),
         });
+        let mut ecs_limits = ecs_limits;
+        ecs_limits.owners = attribution(&broker.state);
         for l in ecs_listeners {
             let ctx = Arc::clone(&ecs_ctx);
             broker.spawn_listener(l, "ecs", ecs_limits.clone(), move |req, peer| {
@@ -227,9 +252,10 @@ impl Broker {
         });
         for l in imds_listeners {
             let ctx = Arc::clone(&imds_ctx);
-            let limits = imds_limits
+            let mut limits = imds_limits
                 .clone()
                 .expect("IMDS listeners only with [imds]");
+            limits.owners = attribution(&broker.state);
             broker.spawn_listener(l, "imds", limits, move |req, peer| {
                 imds::handle(Arc::clone(&ctx), req, peer)
             });
@@ -313,7 +339,8 @@ impl Broker {
             .iter()
             .filter_map(|r| r.spec.source_role())
             .collect();
-        let imds_role = config.imds.as_ref().map(|i| i.role.as_str());
+        let imds_role = config.imds.as_ref().and_then(|i| i.role.as_deref());
+        let imds_on = config.imds.is_some();
         let mut pending: Vec<&Arc<config::RoleConfig>> = config.roles.iter().collect();
         while !pending.is_empty() {
             let (ready, waiting): (Vec<_>, Vec<_>) = pending
@@ -332,7 +359,8 @@ impl Broker {
                     _ => false,
                 };
                 let uses = SlotUses {
-                    imds: imds_role == Some(role.name.as_str()),
+                    imds: imds_role == Some(role.name.as_str())
+                        || (imds_on && !role.local_users.is_empty()),
                     source: sources.contains(role.name.as_str()),
                 };
                 let slot = match old.get(&role.name) {
@@ -365,6 +393,7 @@ impl Broker {
             config: Arc::clone(config),
             roles: roles.clone(),
             tokens: TokenIndex::build(config),
+            local: identity::LocalUsers::build(config),
         }));
         for (name, slot) in old {
             if roles.get(name).is_some_and(|s| Arc::ptr_eq(s, slot)) {
@@ -403,6 +432,7 @@ impl Broker {
     }
 
     async fn try_reload(&self, new: Config) -> Result<(), ReloadError> {
+        check_own_user(&new).map_err(ReloadError::OwnUser)?;
         let current = self.config.load_full();
         // What the listeners were built with; `allowed_hosts` is read per request.
         let fixed = |l: &config::ListenerConfig| {
@@ -535,7 +565,17 @@ fn limits(
             .map(|rate| Arc::new(http::PeerLimiter::new(rate))),
         hop_limit,
         allowed_sources: l.allowed_sources.clone().into(),
+        owners: None,
     }
+}
+
+/// Callers on this listener may be attributed to their socket's owner; the kernel is asked at
+/// accept while some role has `local_users`.
+fn attribution(state: &Arc<ArcSwap<Snapshot>>) -> Option<http::Attribution> {
+    let state = Arc::clone(state);
+    Some(http::Attribution(Arc::new(move || {
+        !state.load().local.is_empty()
+    })))
 }
 
 fn local_addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {

@@ -10,6 +10,7 @@ use subtle::ConstantTimeEq;
 
 use crate::cache::{CredentialCache, RoleSlot};
 use crate::config::Config;
+use crate::identity::LocalUsers;
 
 /// Everything a handler needs to answer, consistent within one request.
 #[derive(Debug)]
@@ -17,19 +18,24 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub roles: HashMap<String, Arc<RoleSlot>>,
     pub tokens: TokenIndex,
+    /// Callers by socket owner (`local_users`).
+    pub local: LocalUsers,
 }
 
 impl Snapshot {
     /// Prefetched roles that hold no servable credentials, sorted: what `/readyz` and the
-    /// systemd readiness notification wait for. The role `[imds]` exposes must also clear
-    /// the stricter IMDS `min_remaining`: ready means IMDS can answer too.
+    /// systemd readiness notification wait for. The roles IMDS serves (the `[imds]` role and
+    /// every role with `local_users`) must also clear the stricter IMDS `min_remaining`:
+    /// ready means IMDS can answer too.
     pub async fn unready_roles(&self, cache: &CredentialCache) -> Vec<String> {
         let mut waiting = Vec::new();
-        let imds_floor = self
-            .config
-            .imds
-            .as_ref()
-            .map(|i| (i.role.as_str(), i.min_remaining));
+        // IMDS serves its own role and every local user's role.
+        let imds_floor = self.config.imds.as_ref().map(|i| {
+            let served_on_imds = move |name: &str, slot: &RoleSlot| {
+                i.role.as_deref() == Some(name) || !slot.config.local_users.is_empty()
+            };
+            (served_on_imds, i.min_remaining)
+        });
         let now = std::time::SystemTime::now();
         for (name, slot) in &self.roles {
             if !slot.config.spec.prefetch {
@@ -37,8 +43,10 @@ impl Snapshot {
             }
             let servable = match cache.peek(&slot.key).await {
                 None => false,
-                Some(served) => match imds_floor {
-                    Some((role, floor)) if role == name => served.remaining(now) >= floor,
+                Some(served) => match &imds_floor {
+                    Some((on_imds, floor)) if on_imds(name, slot) => {
+                        served.remaining(now) >= *floor
+                    }
                     _ => true,
                 },
             };

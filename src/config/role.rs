@@ -50,6 +50,25 @@ pub struct RoleConfig {
     /// The secret path id for clients that know only `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`
     /// (`/v2/credentials/<id>`, no header); `None` when off or the role has no token.
     pub relative_uri_id: Option<Secret>,
+    /// Unix users whose sockets are this role's callers on the ECS and IMDS listeners
+    /// (DESIGN §10), resolved to UIDs when the config is loaded.
+    pub local_users: Vec<LocalUser>,
+}
+
+/// One entry of `local_users`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalUser {
+    pub uid: u32,
+    /// The configured name, or the passwd name of a configured UID when it has one.
+    pub name: Option<String>,
+}
+
+/// `local_users = ["billing", 1207]`: a name or a numeric UID.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawUser {
+    Uid(i64),
+    Name(String),
 }
 
 /// The STS-facing part of a role. Two equal specs yield interchangeable credentials, which is
@@ -213,6 +232,8 @@ struct RawRole {
     #[serde(default = "default_true")]
     relative_uri: bool,
     relative_uri_id: Option<String>,
+    #[serde(default)]
+    local_users: Vec<RawUser>,
 }
 
 fn default_true() -> bool {
@@ -231,6 +252,7 @@ const COMMON_KEYS: &[&str] = &[
     "prefetch",
     "relative_uri",
     "relative_uri_id",
+    "local_users",
 ];
 
 /// The kinds and the keys each adds to [`COMMON_KEYS`].
@@ -682,6 +704,7 @@ fn build_role(p: &mut Problems, raw: RawRole, ctx: &LoadContext) -> Option<RoleC
             .first()
             .map(|t| super::relative_uri::derive(t, &raw.name)),
     };
+    let local_users = resolve_users(p, &scope, raw.local_users);
     if p.errors.len() > errors_before {
         return None;
     }
@@ -700,7 +723,70 @@ fn build_role(p: &mut Problems, raw: RawRole, ctx: &LoadContext) -> Option<RoleC
         tokens,
         token_files: raw.token_files,
         relative_uri_id,
+        local_users,
     })
+}
+
+/// Resolves `local_users` to UIDs, one problem per entry that does not resolve. Root is
+/// refused: it always stays on the real IMDS, and it can act as any user anyway.
+fn resolve_users(p: &mut Problems, scope: &Scope, raw: Vec<RawUser>) -> Vec<LocalUser> {
+    let mut out: Vec<LocalUser> = Vec::with_capacity(raw.len());
+    for entry in raw {
+        let user = match entry {
+            RawUser::Uid(n) => match u32::try_from(n) {
+                // (uid_t)-1 is "no user" to the kernel.
+                Ok(uid) if uid != u32::MAX => LocalUser {
+                    uid,
+                    name: nix::unistd::User::from_uid(uid.into())
+                        .ok()
+                        .flatten()
+                        .map(|u| u.name),
+                },
+                _ => {
+                    p.error(
+                        scope.clone(),
+                        Some("local_users"),
+                        format!("{n} is not a UID (0..4294967294)"),
+                    );
+                    continue;
+                }
+            },
+            RawUser::Name(name) => match nix::unistd::User::from_name(&name) {
+                Ok(Some(u)) => LocalUser {
+                    uid: u.uid.as_raw(),
+                    name: Some(name),
+                },
+                Ok(None) => {
+                    p.error(
+                        scope.clone(),
+                        Some("local_users"),
+                        format!("no user named {name:?} on this host (names are resolved when the config is loaded; use a numeric UID for a user created later)"),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    p.error(
+                        scope.clone(),
+                        Some("local_users"),
+                        format!("cannot look up user {name:?}: {e}"),
+                    );
+                    continue;
+                }
+            },
+        };
+        if user.uid == 0 {
+            p.error(
+                scope.clone(),
+                Some("local_users"),
+                "root (UID 0) cannot be a local user: root always stays on the real instance metadata service, and root can act as any user",
+            );
+            continue;
+        }
+        if !out.iter().any(|u| u.uid == user.uid) {
+            out.push(user);
+        }
+    }
+    out
 }
 
 /// Session tags: at most 50, each valid, keys unique ignoring case.

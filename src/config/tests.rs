@@ -490,7 +490,7 @@ fn imds_table() {
         imds.listener.listen,
         vec!["169.254.169.254:80".parse().unwrap()]
     );
-    assert_eq!(imds.role, "app");
+    assert_eq!(imds.role.as_deref(), Some("app"));
     assert_eq!(imds.hop_limit, 1);
     assert!(!imds.allow_v1);
     assert_eq!(imds.max_token_ttl, Duration::from_secs(3600));

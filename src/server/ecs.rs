@@ -1,12 +1,14 @@
 //! The ECS container-credentials endpoint (`AWS_CONTAINER_CREDENTIALS_FULL_URI`).
 //!
-//! `GET /v1/credentials/{role}` with `Authorization: <token>` (the raw token, no `Bearer`).
+//! `GET /v1/credentials/{role}` with `Authorization: <token>` (the raw token, no `Bearer`), or
+//! with no `Authorization` at all from a same-host process whose socket belongs to one of the
+//! role's `local_users` (DESIGN §10).
 //!
 //! | status | when | `Code` |
 //! |---|---|---|
 //! | 200 | credentials: `AccessKeyId`, `SecretAccessKey`, `Token`, `Expiration`, `RoleArn`, `AccountId` | — |
-//! | 401 | no `Authorization`, or a token the broker does not know | `Unauthorized` |
-//! | 403 | a known token not allowed this role; a `Host` that fails the rebinding check | `AccessDenied`, `InvalidHost` |
+//! | 401 | no `Authorization` (and no `local_users` match), or a token the broker does not know | `Unauthorized` |
+//! | 403 | a known token, or a local user, not allowed this role; a `Host` that fails the rebinding check | `AccessDenied`, `InvalidHost` |
 //! | 404 | unknown role or path | `NotFound` |
 //! | 405 | a method other than `GET` | `MethodNotAllowed` |
 //! | 400 | a request body | `BodyNotAllowed` |
@@ -32,6 +34,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::audit::{AuditLog, AuditRecord};
 use crate::cache::{CacheError, CredentialCache, RoleSlot, Served};
 use crate::config::relative_uri;
+use crate::identity::socket_owner::Local;
+use crate::identity::{SocketOwner, Unattributed};
 use crate::metrics::Metrics;
 use crate::server::http::{self, Body};
 use crate::state::{Access, Snapshot, TokenIndex};
@@ -59,6 +63,10 @@ struct Outcome {
     fingerprint: Option<[u8; 8]>,
     /// Whether this was a credentials request at all (audited) or a stray path.
     credentials_route: bool,
+    /// The client socket's owner, when known; the user name when it is a local user.
+    uid: Option<u32>,
+    user: Option<Arc<str>>,
+    unattributed: Option<Unattributed>,
 }
 
 impl Outcome {
@@ -69,6 +77,9 @@ impl Outcome {
             served: None,
             fingerprint: None,
             credentials_route: false,
+            uid: None,
+            user: None,
+            unattributed: None,
         }
     }
 }
@@ -81,7 +92,8 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let snap = ctx.state.load_full();
-    let out = answer(&ctx, &snap, &req).await;
+    let owner = req.extensions().get::<Arc<SocketOwner>>().cloned();
+    let out = answer(&ctx, &snap, &req, owner.as_deref()).await;
     let status = out.resp.status().as_u16();
     let role = out.slot.as_ref().map_or("", |s| s.config.name.as_str());
     ctx.metrics
@@ -94,7 +106,16 @@ pub async fn handle(
         } else {
             path
         };
-        tracing::debug!(%peer, role, status, path, "ecs request refused");
+        tracing::debug!(
+            %peer,
+            role,
+            status,
+            path,
+            uid = out.uid,
+            user = out.user.as_deref(),
+            unattributed = out.unattributed.map(Unattributed::as_str),
+            "ecs request refused"
+        );
     }
     if let Some(audit) = &ctx.audit
         && out.credentials_route
@@ -104,6 +125,8 @@ pub async fn handle(
             endpoint: ENDPOINT,
             peer,
             token_fingerprint: out.fingerprint,
+            uid: out.uid,
+            user: out.user,
             slot: out.slot,
             served: out.served,
             status,
@@ -112,7 +135,12 @@ pub async fn handle(
     out.resp
 }
 
-async fn answer(ctx: &EcsContext, snap: &Snapshot, req: &Request<Incoming>) -> Outcome {
+async fn answer(
+    ctx: &EcsContext,
+    snap: &Snapshot,
+    req: &Request<Incoming>,
+    owner: Option<&SocketOwner>,
+) -> Outcome {
     if !http::host_allowed(req, &snap.config.ecs.allowed_hosts) {
         return Outcome::refused(http::forbidden_host());
     }
@@ -138,13 +166,13 @@ async fn answer(ctx: &EcsContext, snap: &Snapshot, req: &Request<Incoming>) -> O
     let mut out = Outcome::refused(Response::default());
     out.credentials_route = true;
     let Some(token) = req.headers().get(AUTHORIZATION) else {
-        out.resp = http::error_response(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "missing Authorization header (set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE)",
-        );
-        return out;
+        return match local_caller(snap, name, owner, &mut out) {
+            Some(slot) => serve(ctx, snap, name, slot, out).await,
+            None => out,
+        };
     };
+    // A token decides; the owner is recorded when the kernel was already asked.
+    out.uid = owner.and_then(SocketOwner::known_uid);
     let digest = TokenIndex::digest(token.as_bytes());
     out.fingerprint = Some(digest[..8].try_into().expect("8 of 32 bytes"));
     let access = snap.tokens.check_digest(&digest, name);
@@ -173,6 +201,67 @@ async fn answer(ctx: &EcsContext, snap: &Snapshot, req: &Request<Incoming>) -> O
         );
         return out;
     }
+    serve(ctx, snap, name, slot, out).await
+}
+
+/// A request without `Authorization`: the role's slot when the socket's owner is one of its
+/// `local_users`, else `None` with the refusal in `out`. Like a token, a local user is told
+/// which roles exist (404) and which it may not fetch (403); anyone else learns nothing (401).
+fn local_caller<'a>(
+    snap: &'a Snapshot,
+    name: &str,
+    owner: Option<&SocketOwner>,
+    out: &mut Outcome,
+) -> Option<&'a Arc<RoleSlot>> {
+    let local = snap.local.caller(owner);
+    out.uid = local.uid();
+    let caller = match local {
+        Local::Caller(c) => c,
+        Local::Unlisted(_) | Local::Unattributed(_) => {
+            if let Local::Unattributed(why) = local {
+                out.unattributed = Some(why);
+            }
+            out.resp = http::error_response(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "missing Authorization header (set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE)",
+            );
+            return None;
+        }
+    };
+    out.user = caller.user.clone();
+    let Some(slot) = snap.roles.get(name) else {
+        out.resp = http::error_response(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("no role named {name:?}"),
+        );
+        return None;
+    };
+    out.slot = Some(Arc::clone(slot));
+    if *caller.role != *name {
+        let who = caller
+            .user
+            .as_deref()
+            .map_or_else(|| format!("UID {}", caller.uid), |u| format!("user {u:?}"));
+        out.resp = http::error_response(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            &format!("local {who} is not allowed role {name:?}"),
+        );
+        return None;
+    }
+    Some(slot)
+}
+
+/// Reads the cache for an allowed request.
+async fn serve(
+    ctx: &EcsContext,
+    snap: &Snapshot,
+    name: &str,
+    slot: &Arc<RoleSlot>,
+    mut out: Outcome,
+) -> Outcome {
     let wait = snap.config.sts.timeout + Duration::from_secs(1);
     match ctx.cache.get(slot, wait).await {
         Ok(served) => {

@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::identity::SocketOwner;
 use crate::metrics::Metrics;
 
 /// Headers not complete within this are cut off (DESIGN §3).
@@ -74,6 +75,21 @@ pub struct Limits {
     pub hop_limit: Option<u32>,
     /// Peers outside these networks get 403 (empty: every peer is allowed).
     pub allowed_sources: Arc<[ipnet::IpNet]>,
+    /// `Some` on listeners whose callers may be attributed to their socket's owner (ECS and
+    /// IMDS): each request carries its connection's [`SocketOwner`] as an extension.
+    pub owners: Option<Attribution>,
+}
+
+/// Whether to ask the kernel for a connection's owner as soon as it is accepted (some role
+/// has `local_users` now). When it says no, the owner is looked up on the first request that
+/// needs it, so that a reload adding `local_users` also covers connections already open.
+#[derive(Clone)]
+pub struct Attribution(pub Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Attribution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Attribution")
+    }
 }
 
 impl Limits {
@@ -192,11 +208,22 @@ pub async fn serve<H, F>(
         {
             tracing::warn!(endpoint, error = %e, "cannot set the hop limit");
         }
+        // The original destination is read now, while the socket is at hand; the kernel is
+        // asked for the owner once, in the connection's task before its first request.
+        let owner = limits.owners.as_ref().map(|attribution| {
+            let local = stream.local_addr().unwrap_or(peer);
+            let owner = Arc::new(SocketOwner::accepted(&stream, peer, local));
+            (owner, (attribution.0)())
+        });
         let handler = handler.clone();
         let per_peer = limits.per_peer.clone();
         let metrics = Arc::clone(&metrics);
         let source_ok = limits.source_allowed(peer.ip());
-        let service = hyper::service::service_fn(move |req| {
+        let request_owner = owner.as_ref().map(|(o, _)| Arc::clone(o));
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            if let Some(o) = &request_owner {
+                req.extensions_mut().insert(Arc::clone(o));
+            }
             let refusal = if !source_ok {
                 metrics.observe_source_refused(endpoint);
                 Some(source_refused())
@@ -221,6 +248,10 @@ pub async fn serve<H, F>(
         let conn = builder.serve_connection(TokioIo::new(io), service);
         let watched = graceful.watch(conn);
         tokio::spawn(async move {
+            if source_ok && let Some((owner, true)) = &owner {
+                // At accept, never on an established connection's warm path.
+                let _ = owner.uid();
+            }
             if let Err(e) = watched.await {
                 tracing::debug!(endpoint, %peer, error = %e, "connection ended with an error");
             }

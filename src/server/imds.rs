@@ -37,6 +37,8 @@ use subtle::ConstantTimeEq;
 use crate::audit::{AuditLog, AuditRecord};
 use crate::cache::{CredentialCache, RoleSlot, Served, rfc3339};
 use crate::config::ImdsConfig;
+use crate::identity::socket_owner::Local;
+use crate::identity::{SocketOwner, Unattributed};
 use crate::metrics::Metrics;
 use crate::server::http::{self, Body};
 use crate::state::Snapshot;
@@ -141,19 +143,29 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let snap = ctx.state.load_full();
+    let owner = req.extensions().get::<Arc<SocketOwner>>().cloned();
+    let mut who = Who::default();
     let (resp, counted) = match &snap.config.imds {
-        Some(imds) => answer(&ctx, &snap, imds, &req).await,
+        Some(imds) => answer(&ctx, &snap, imds, &req, owner.as_deref(), &mut who).await,
         None => (text(StatusCode::NOT_FOUND, "not found"), Counted::Anonymous),
     };
     let status = resp.status().as_u16();
-    let role = match (&snap.config.imds, &counted) {
-        (Some(imds), Counted::Role | Counted::Credentials { .. }) => imds.role.as_str(),
-        _ => "",
+    let role = match &counted {
+        Counted::Role | Counted::Credentials { .. } => who.role.as_deref().unwrap_or(""),
+        Counted::Anonymous => "",
     };
     ctx.metrics
         .observe_request(ENDPOINT, role, status, started.elapsed());
     if status >= 400 {
-        tracing::debug!(%peer, status, path = req.uri().path(), "imds request refused");
+        tracing::debug!(
+            %peer,
+            status,
+            path = req.uri().path(),
+            uid = who.uid,
+            user = who.user.as_deref(),
+            unattributed = who.unattributed.map(Unattributed::as_str),
+            "imds request refused"
+        );
     }
     if let (Some(audit), Counted::Credentials { slot, served }) = (&ctx.audit, counted) {
         audit.record(AuditRecord {
@@ -161,6 +173,8 @@ pub async fn handle(
             endpoint: ENDPOINT,
             peer,
             token_fingerprint: None,
+            uid: who.uid,
+            user: who.user,
             slot: Some(slot),
             served,
             status,
@@ -169,7 +183,17 @@ pub async fn handle(
     resp
 }
 
-/// How a response is counted: under the IMDS role's label or not, and whether it is a
+/// Who a credentials request came from, for metrics, logs and the audit trail.
+#[derive(Default)]
+struct Who {
+    /// The role the caller gets: its `local_users` role, else the `[imds] role`.
+    role: Option<Arc<str>>,
+    uid: Option<u32>,
+    user: Option<Arc<str>>,
+    unattributed: Option<Unattributed>,
+}
+
+/// How a response is counted: under the caller's role label or not, and whether it is a
 /// credentials response for the audit trail.
 enum Counted {
     Anonymous,
@@ -184,12 +208,14 @@ fn epoch_ms(t: SystemTime) -> u64 {
     u64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The response, and whether it is counted under the IMDS role's label.
+/// The response, and whether it is counted under the caller's role label; fills `who`.
 async fn answer(
     ctx: &ImdsContext,
     snap: &Snapshot,
     imds: &ImdsConfig,
     req: &Request<Incoming>,
+    owner: Option<&SocketOwner>,
+    who: &mut Who,
 ) -> (Response<Body>, Counted) {
     // `Forwarded` (RFC 7239) is the standard spelling of the same relay.
     if req.headers().contains_key("x-forwarded-for") || req.headers().contains_key("forwarded") {
@@ -236,12 +262,28 @@ async fn answer(
             Counted::Anonymous,
         );
     }
-    let role = imds.role.as_str();
+    // The caller's role: its socket owner's `local_users` role, else the instance's role.
+    let local = snap.local.caller(owner);
+    who.uid = local.uid();
+    if let Local::Caller(c) = local {
+        who.user = c.user.clone();
+        who.role = Some(Arc::clone(&c.role));
+    } else {
+        who.role = imds.role.as_deref().map(Arc::from);
+    }
+    if let Local::Unattributed(why) = local {
+        who.unattributed = Some(why);
+    }
+    let Some(role) = who.role.clone() else {
+        // No role for this caller: an instance without a profile.
+        return (text(StatusCode::NOT_FOUND, "not found"), Counted::Anonymous);
+    };
+    let role = &*role;
     if path == CREDS_PREFIX {
         return (text(StatusCode::OK, role), Counted::Role);
     }
     if path == INFO_PATH {
-        return (info(snap, imds, now), Counted::Role);
+        return (info(snap, role, now), Counted::Role);
     }
     let (name, extended) = if let Some(n) = path.strip_prefix(EXTENDED_PREFIX) {
         (n, true)
@@ -332,8 +374,8 @@ fn credentials(served: &Served, extended: bool) -> Response<Body> {
 }
 
 /// `iam/info`: the instance profile named after the role, in the role's account.
-fn info(snap: &Snapshot, imds: &ImdsConfig, now: SystemTime) -> Response<Body> {
-    let Some(slot) = snap.roles.get(&imds.role) else {
+fn info(snap: &Snapshot, role: &str, now: SystemTime) -> Response<Body> {
+    let Some(slot) = snap.roles.get(role) else {
         return text(StatusCode::NOT_FOUND, "not found");
     };
     let spec = &slot.config.spec;
@@ -341,7 +383,7 @@ fn info(snap: &Snapshot, imds: &ImdsConfig, now: SystemTime) -> Response<Body> {
     let (Some(arn), Some(account)) = (&spec.arn, &spec.account_id) else {
         return text(StatusCode::NOT_FOUND, "not found");
     };
-    let role_name = arn.rsplit('/').next().unwrap_or(&imds.role);
+    let role_name = arn.rsplit('/').next().unwrap_or(role);
     let partition = arn.split(':').nth(1).unwrap_or("aws");
     let profile_arn = format!("arn:{partition}:iam::{account}:instance-profile/{role_name}");
     // A stable ID in the shape IAM uses for instance profiles (AIPA + 17 characters).
