@@ -150,4 +150,16 @@ else
     --no-install-recommends ruby-aws-sdk-core >/dev/null
   ruby -e 'require "aws-sdk-core"' || die "ruby-aws-sdk-core was installed but does not load"
 fi
+
+# nft (Debian's nftables): tests/it/local_users.rs applies the rules of `sts-broker
+# redirect-rules` in network namespaces it creates. setpriv (util-linux) runs clients as other UIDs.
+if command -v nft >/dev/null || [ -x /usr/sbin/nft ]; then
+  say "nft present ($(PATH=$PATH:/usr/sbin nft --version))"
+else
+  command -v apt-get >/dev/null || die "nft is missing and there is no apt-get"
+  say "installing nftables (apt) for nft"
+  apt-get -o DPkg::Lock::Timeout=300 update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends nftables >/dev/null
+  command -v nft >/dev/null || [ -x /usr/sbin/nft ] || die "nftables was installed but nft is not there"
+fi
 # ---------------------------------------------------------------------------------------------------

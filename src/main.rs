@@ -81,6 +81,15 @@ enum Command {
         #[arg(long, value_enum)]
         only: Option<PolicyDocument>,
     },
+    /// Print the nftables script that sends the local_users' IMDS traffic (169.254.169.254:80)
+    /// to the broker's [imds] listener; apply it with `| nft -f -`.
+    RedirectRules {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the script that removes the rules instead (reads no config).
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -97,12 +106,17 @@ fn main() -> ExitCode {
         _ => tracing::level_filters::LevelFilter::WARN,
     };
     logging::init(format, default_level);
+    if let Command::RedirectRules { remove: true, .. } = cli.command {
+        print!("{}", commands::redirect_rules_remove());
+        return ExitCode::SUCCESS;
+    }
     let ctx = LoadContext::from_system();
     let path = match &cli.command {
         Command::Serve(c) | Command::Check(c) => &c.config,
         Command::Env { config, .. }
         | Command::CredentialProcess { config, .. }
-        | Command::IamPolicy { config, .. } => &config.config,
+        | Command::IamPolicy { config, .. }
+        | Command::RedirectRules { config, .. } => &config.config,
     };
     let config = match Config::load(path, &ctx) {
         Ok(c) => c,
@@ -170,6 +184,16 @@ fn main() -> ExitCode {
                 }
             }
         }),
+        Command::RedirectRules { .. } => match commands::redirect_rules(&config) {
+            Ok(script) => {
+                print!("{script}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sts-broker: {e}");
+                ExitCode::from(EX_CONFIG)
+            }
+        },
         Command::Serve(_) => {
             let rt = runtime();
             let code = rt.block_on(serve(config, ctx));

@@ -63,9 +63,7 @@ pub struct LocalUser {
     pub name: Option<String>,
 }
 
-/// `local_users = ["billing", 1207]`: a name or a numeric UID.
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// One entry of `local_users = ["billing", 1207]`: a name or a numeric UID.
 enum RawUser {
     Uid(i64),
     Name(String),
@@ -232,8 +230,8 @@ struct RawRole {
     #[serde(default = "default_true")]
     relative_uri: bool,
     relative_uri_id: Option<String>,
-    #[serde(default)]
-    local_users: Vec<RawUser>,
+    /// Checked by hand so that a wrong type names the key.
+    local_users: Option<toml::Value>,
 }
 
 fn default_true() -> bool {
@@ -729,7 +727,34 @@ fn build_role(p: &mut Problems, raw: RawRole, ctx: &LoadContext) -> Option<RoleC
 
 /// Resolves `local_users` to UIDs, one problem per entry that does not resolve. Root is
 /// refused: it always stays on the real IMDS, and it can act as any user anyway.
-fn resolve_users(p: &mut Problems, scope: &Scope, raw: Vec<RawUser>) -> Vec<LocalUser> {
+fn resolve_users(p: &mut Problems, scope: &Scope, raw: Option<toml::Value>) -> Vec<LocalUser> {
+    let entries = match raw {
+        None => Vec::new(),
+        Some(toml::Value::Array(a)) => a,
+        Some(other) => {
+            p.error(
+                scope.clone(),
+                Some("local_users"),
+                format!(
+                    "must be a list of user names and UIDs, like [\"billing\", 1207], not a {}",
+                    other.type_str()
+                ),
+            );
+            return Vec::new();
+        }
+    };
+    let mut raw = Vec::with_capacity(entries.len());
+    for e in entries {
+        match e {
+            toml::Value::Integer(n) => raw.push(RawUser::Uid(n)),
+            toml::Value::String(s) => raw.push(RawUser::Name(s)),
+            other => p.error(
+                scope.clone(),
+                Some("local_users"),
+                format!("{other} is neither a user name nor a UID"),
+            ),
+        }
+    }
     let mut out: Vec<LocalUser> = Vec::with_capacity(raw.len());
     for entry in raw {
         let user = match entry {

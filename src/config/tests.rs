@@ -699,3 +699,108 @@ fn short_client_tokens_are_refused_at_load() {
         "never the token itself"
     );
 }
+
+#[test]
+fn local_users_resolve_names_and_uids() {
+    // root and nobody exist on every Debian system; 4242 need not exist.
+    let text = format!(
+        "{BASE}\n[imds]\nlisten = \"127.0.0.1:0\"\n\
+         [[role]]\nname = \"billing\"\narn = \"arn:aws:iam::123456789012:role/billing\"\n\
+         local_users = [\"nobody\", 4242, 4242]\n\
+         [[role]]\nname = \"reports\"\narn = \"arn:aws:iam::123456789012:role/reports\"\n\
+         local_users = [4243]\n"
+    );
+    let c = parse(&text).unwrap();
+    let billing = c.role("billing").unwrap();
+    assert_eq!(
+        billing.local_users,
+        vec![
+            LocalUser {
+                uid: 65534,
+                name: Some("nobody".into())
+            },
+            LocalUser {
+                uid: 4242,
+                name: None
+            },
+        ],
+        "names resolved, numeric UIDs kept, duplicates folded"
+    );
+    let imds = c.imds.as_ref().unwrap();
+    assert_eq!(imds.role, None, "[imds] role is optional with local_users");
+    assert!(
+        c.warnings.iter().all(|w| !w.contains("no tokens")),
+        "local users need no tokens: {:?}",
+        c.warnings
+    );
+    // A numeric UID with a passwd entry gets its name for logs.
+    let c = parse(&role("local_users = [65534]")).unwrap();
+    assert_eq!(
+        c.role("app").unwrap().local_users[0].name.as_deref(),
+        Some("nobody")
+    );
+}
+
+#[test]
+fn local_users_problems_are_all_reported() {
+    let text = format!(
+        "{BASE}\n[imds]\nlisten = \"127.0.0.1:0\"\n\
+         [[role]]\nname = \"a\"\narn = \"arn:aws:iam::123456789012:role/a\"\n\
+         local_users = [\"no-such-user-stsb\", \"root\", 0, -1, 4294967295, \"nobody\"]\n\
+         [[role]]\nname = \"b\"\narn = \"arn:aws:iam::123456789012:role/b\"\n\
+         local_users = [\"also-missing-stsb\", 65534]\n"
+    );
+    let errs = errors(&text);
+    let want = [
+        "role \"a\": key \"local_users\": no user named \"no-such-user-stsb\"",
+        "role \"a\": key \"local_users\": root (UID 0) cannot be a local user",
+        "role \"a\": key \"local_users\": -1 is not a UID",
+        "role \"a\": key \"local_users\": 4294967295 is not a UID",
+        "role \"b\": key \"local_users\": no user named \"also-missing-stsb\"",
+    ];
+    for w in want {
+        assert!(errs.iter().any(|e| e.contains(w)), "{w}\n{errs:#?}");
+    }
+    assert_eq!(
+        errs.iter().filter(|e| e.contains("root (UID 0)")).count(),
+        2,
+        "\"root\" and 0 are both refused: {errs:#?}"
+    );
+    // A UID in two roles: only the cross-role check can see it (each role is fine alone).
+    let text = format!(
+        "{BASE}\n[[role]]\nname = \"a\"\narn = \"arn:aws:iam::123456789012:role/a\"\n\
+         local_users = [\"nobody\"]\n\
+         [[role]]\nname = \"b\"\narn = \"arn:aws:iam::123456789012:role/b\"\n\
+         local_users = [65534]\n"
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].contains("role \"b\": key \"local_users\": user \"nobody\" (UID 65534) is already a local user of role \"a\""),
+        "{errs:#?}"
+    );
+    // Wrong types name the key.
+    let errs = errors(&role("local_users = \"nobody\""));
+    assert!(errs.iter().any(|e| e.contains("local_users")), "{errs:#?}");
+}
+
+#[test]
+fn imds_role_is_required_only_without_local_users() {
+    let errs = errors(&format!("{}\n[imds]\nlisten = \"127.0.0.1:0\"\n", role("")));
+    assert!(
+        errs.iter()
+            .any(|e| e
+                .contains("[imds]: key \"role\": required unless some [[role]] has local_users")),
+        "{errs:#?}"
+    );
+    // The IMDS floor is checked for every role IMDS serves, local users' roles included.
+    let errs = errors(&format!(
+        "{}\n[refresh]\nlead = \"20m\"\nmin_remaining = \"10m\"\n[imds]\nlisten = \"127.0.0.1:0\"\n",
+        role("local_users = [4242]")
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("[imds]: key \"min_remaining\"") && e.contains("role \"app\"")),
+        "{errs:#?}"
+    );
+}

@@ -588,6 +588,7 @@ mod tests {
             per_peer: None,
             hop_limit: None,
             allowed_sources: nets.iter().map(|n| n.parse().unwrap()).collect(),
+            owners: None,
         };
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let lo = limits(&["127.0.0.0/8", "::1/128"]);
