@@ -17,6 +17,7 @@ mod iam;
 mod imds;
 mod kinds;
 mod lifecycle;
+mod local_users;
 mod netns;
 mod refresh;
 mod relative_uri;

@@ -12,12 +12,12 @@ use std::time::Duration;
 use crate::helpers::*;
 
 /// A network namespace, deleted on drop.
-struct Netns {
-    name: String,
+pub(crate) struct Netns {
+    pub(crate) name: String,
 }
 
 impl Netns {
-    fn create(tag: &str) -> Netns {
+    pub(crate) fn create(tag: &str) -> Netns {
         let name = format!("stsb-{tag}-{}-{}", std::process::id(), rand_suffix());
         sh(&["ip", "netns", "add", &name]);
         let ns = Netns { name };
@@ -25,17 +25,17 @@ impl Netns {
         ns
     }
 
-    fn exec(&self, args: &[&str]) {
+    pub(crate) fn exec(&self, args: &[&str]) {
         let mut full = vec!["ip", "netns", "exec", &self.name];
         full.extend_from_slice(args);
         sh(&full);
     }
 
-    fn wrapper(&self) -> [&str; 4] {
+    pub(crate) fn wrapper(&self) -> [&str; 4] {
         ["ip", "netns", "exec", &self.name]
     }
 
-    fn command(&self, program: &str) -> Command {
+    pub(crate) fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.name, program]);
         c
@@ -50,7 +50,7 @@ impl Drop for Netns {
     }
 }
 
-fn rand_suffix() -> u32 {
+pub(crate) fn rand_suffix() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -59,7 +59,7 @@ fn rand_suffix() -> u32 {
 }
 
 #[track_caller]
-fn sh(args: &[&str]) {
+pub(crate) fn sh(args: &[&str]) {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
@@ -72,7 +72,7 @@ fn sh(args: &[&str]) {
 }
 
 /// Whether this process may create network namespaces; says why not when it may not.
-fn namespaces_available() -> bool {
+pub(crate) fn namespaces_available() -> bool {
     let probe = format!("stsb-probe-{}-{}", std::process::id(), rand_suffix());
     let ok = Command::new("ip")
         .args(["netns", "add", &probe])
@@ -91,10 +91,10 @@ fn namespaces_available() -> bool {
 }
 
 /// moto inside `ns` on 127.0.0.1:`port` (the namespace is private: a fixed port is free).
-struct NsMoto(std::process::Child);
+pub(crate) struct NsMoto(std::process::Child);
 
 impl NsMoto {
-    fn start(ns: &Netns, port: u16) -> NsMoto {
+    pub(crate) fn start(ns: &Netns, port: u16) -> NsMoto {
         let child = ns
             .command(venv_bin("moto_server").to_str().unwrap())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -140,7 +140,7 @@ fn ns_python(ns: &Netns, home: &std::path::Path, env: &[(&str, &str)], script: &
 }
 
 /// Waits (inside the namespace) for `url` to answer 200.
-const WAIT_READY: &str = "
+pub(crate) const WAIT_READY: &str = "
 import sys, time, urllib.request
 deadline = time.time() + 30
 while True:
