@@ -121,14 +121,25 @@ DROPIN=systemd/examples/myapp.service.d/sts-broker.conf
   cat "$DROPIN"; } >"$WORK/systemd/myapp.service"
 verify "$WORK/systemd/myapp.service" "$DROPIN"
 
-security=$(systemd-analyze security --offline=true "$UNIT" 2>&1) || true
-exposure=$(printf '%s\n' "$security" | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
-[ -n "$exposure" ] || { printf '%s\n' "$security" >&2; die "no exposure level in systemd-analyze security's output"; }
-if awk -v e="$exposure" -v m="$MAX_EXPOSURE" 'BEGIN { exit !(e > m) }'; then
-  printf '%s\n' "$security" | grep -v '^✓' >&2
-  die "$UNIT: exposure $exposure is above $MAX_EXPOSURE"
-fi
-say "systemd-analyze security --offline=true: exposure $exposure (at most $MAX_EXPOSURE)"
+# The EC2 local-users drop-in (nftables redirect on start/stop, AF_NETLINK), merged into the unit:
+# its settings must be valid in the unit they extend, and the exposure bound holds with it too.
+REDIRECT_DROPIN=systemd/examples/sts-broker.service.d/imds-redirect.conf
+cat "$WORK/systemd/sts-broker.service" "$REDIRECT_DROPIN" >"$WORK/systemd/sts-broker-ec2.service"
+verify "$WORK/systemd/sts-broker-ec2.service" "$UNIT + $REDIRECT_DROPIN"
+grep -q '^ExecStartPre=+/bin/sh -c .*sts-broker redirect-rules) && ' "$REDIRECT_DROPIN" &&
+  grep -q '^ExecStopPost=+/bin/sh -c .*sts-broker redirect-rules --remove | /usr/sbin/nft -f -' "$REDIRECT_DROPIN" ||
+  die "$REDIRECT_DROPIN: expected ExecStartPre applying and ExecStopPost removing the redirect rules"
+
+for unit in "$UNIT" "$WORK/systemd/sts-broker-ec2.service"; do
+  security=$(systemd-analyze security --offline=true "$unit" 2>&1) || true
+  exposure=$(printf '%s\n' "$security" | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+  [ -n "$exposure" ] || { printf '%s\n' "$security" >&2; die "no exposure level in systemd-analyze security's output"; }
+  if awk -v e="$exposure" -v m="$MAX_EXPOSURE" 'BEGIN { exit !(e > m) }'; then
+    printf '%s\n' "$security" | grep -v '^✓' >&2
+    die "$unit: exposure $exposure is above $MAX_EXPOSURE"
+  fi
+  say "systemd-analyze security --offline=true $(basename "$unit"): exposure $exposure (at most $MAX_EXPOSURE)"
+done
 
 mkdir -p "$WORK/sysroot/etc"
 systemd-sysusers --root="$WORK/sysroot" "$REPO/systemd/sts-broker.sysusers" >/dev/null 2>&1 ||

@@ -91,6 +91,19 @@ pub enum ReloadError {
     OwnUser(String),
 }
 
+/// Says loudly when `local_users` cannot work here (no netlink `sock_diag` socket).
+fn probe_owner_lookup(config: &Config) {
+    if config.roles.iter().all(|r| r.local_users.is_empty()) {
+        return;
+    }
+    if let Err(e) = identity::socket_owner::probe() {
+        tracing::error!(
+            error = %e,
+            "local_users cannot attribute any caller: a netlink sock_diag socket cannot be opened (under systemd, RestrictAddressFamilies= must allow AF_NETLINK)"
+        );
+    }
+}
+
 /// The broker's own user must stay on the real IMDS: with a `default` `[source]` its own
 /// credentials come from there, and a redirect of its traffic would loop back to itself.
 fn check_own_user(config: &Config) -> Result<(), String> {
@@ -137,6 +150,7 @@ impl Broker {
     /// When a listener cannot bind or STS cannot be set up (no region).
     pub async fn start(config: Config) -> Result<Broker, StartError> {
         check_own_user(&config).map_err(StartError::OwnUser)?;
+        probe_owner_lookup(&config);
         let metrics = Arc::new(Metrics::new());
         let ecs_listeners = bind_all("ecs", &config.ecs.listen).await?;
         let admin_listeners = bind_all("admin", &config.admin.listen).await?;
@@ -433,6 +447,7 @@ impl Broker {
 
     async fn try_reload(&self, new: Config) -> Result<(), ReloadError> {
         check_own_user(&new).map_err(ReloadError::OwnUser)?;
+        probe_owner_lookup(&new);
         let current = self.config.load_full();
         // What the listeners were built with; `allowed_hosts` is read per request.
         let fixed = |l: &config::ListenerConfig| {

@@ -229,6 +229,16 @@ pub fn lookup_uid(client: SocketAddr, dst: SocketAddr) -> Result<u32, Unattribut
     }
 }
 
+/// Whether this process may open a `sock_diag` socket at all (a sandbox such as systemd's
+/// `RestrictAddressFamilies=` without `AF_NETLINK` forbids it): without it no caller is ever
+/// attributed, which the broker says at start and on reload.
+///
+/// # Errors
+/// The reason the socket cannot be opened.
+pub fn probe() -> std::io::Result<()> {
+    netlink_sys::Socket::new(NETLINK_SOCK_DIAG).map(drop)
+}
+
 /// A user named in some role's `local_users`, and the role that user gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalCaller {
@@ -351,6 +361,11 @@ mod tests {
         assert!(!owner.looked_up());
         assert_eq!(owner.uid(), Ok(my_uid()));
         assert!(owner.looked_up());
+    }
+
+    #[test]
+    fn the_probe_opens_a_sock_diag_socket() {
+        probe().unwrap();
     }
 
     #[test]

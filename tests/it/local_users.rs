@@ -2,8 +2,8 @@
 //!
 //! Topology: namespace `host` runs moto, the broker (as UID 2900, its "own user") and the
 //! clients; namespace `metadata` holds a stand-in for the real IMDS at 169.254.169.254:80,
-//! reached from `host` over a veth pair as on EC2. The rules printed by `sts-broker
-//! redirect-rules` are applied in `host` with `nft -f -`.
+//! reached from `host` over a veth pair as on EC2. The rules are applied and removed in `host`
+//! by the very commands of the shipped systemd drop-in (`sts-broker redirect-rules | nft -f -`).
 //!
 //! - UIDs 2001 and 2002 (no passwd entry) run boto3 with no endpoint variable and get their own
 //!   role's assumed-role ARN from moto through the broker;
@@ -168,14 +168,36 @@ fn nft_ruleset(ns: &Netns) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `sts-broker redirect-rules -c CONFIG [--remove] | nft -f -` inside `ns`.
+/// Runs the shipped systemd drop-in's `ExecStartPre=` (apply) or `ExecStopPost=` (remove)
+/// command inside `ns`, as systemd would: `$$` and `%%` unescaped, the binary under test in
+/// place of /usr/local/bin/sts-broker, the config named by `STS_BROKER_CONFIG` (the unit's).
 fn apply_rules(ns: &Netns, config: &std::path::Path, remove: bool) {
-    let script = format!(
-        "{BIN} redirect-rules -c {} {} | nft -f -",
-        config.display(),
-        if remove { "--remove" } else { "" }
-    );
-    let out = ns.command("sh").args(["-c", &script]).output().unwrap();
+    let dropin = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/examples/sts-broker.service.d/imds-redirect.conf"
+    ))
+    .unwrap();
+    let key = if remove {
+        "ExecStopPost=+/bin/sh -c '"
+    } else {
+        "ExecStartPre=+/bin/sh -c '"
+    };
+    let line = dropin
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in the drop-in"));
+    let script = line
+        .strip_suffix('\'')
+        .unwrap()
+        .replace("$$", "$")
+        .replace("%%", "%")
+        .replace("/usr/local/bin/sts-broker", BIN);
+    let out = ns
+        .command("sh")
+        .args(["-c", &script])
+        .env("STS_BROKER_CONFIG", config)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{script}: {}",
