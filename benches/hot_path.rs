@@ -11,7 +11,10 @@
 //! - `metrics/observe_request`: the per-request counter + histogram update;
 //! - `host_allowed`: the DNS-rebinding check on `Host: 127.0.0.1:8170`;
 //! - `served/render`: rendering the three response bodies once per refresh (cold path);
-//! - `config/parse` and `token_index/build`: load time for 1, 100 and 10,000 roles.
+//! - `config/parse` and `token_index/build`: load time for 1, 100 and 10,000 roles;
+//! - `socket_owner/*`: the netlink sock_diag lookup of a live loopback connection's owner (what
+//!   a connection costs once, at accept, when some role has `local_users`), the
+//!   `SO_ORIGINAL_DST` read, and the per-request read of the cached owner.
 
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -201,8 +204,31 @@ fn bench_host(c: &mut Criterion) {
     });
 }
 
+fn bench_socket_owner(c: &mut Criterion) {
+    use sts_broker::identity::SocketOwner;
+    use sts_broker::identity::socket_owner::{lookup_uid, original_destination};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, peer) = listener.accept().unwrap();
+    let local = server.local_addr().unwrap();
+    assert_eq!(peer, client.local_addr().unwrap());
+    lookup_uid(peer, local).expect("the client socket is found");
+    c.bench_function("socket_owner/lookup_uid", |b| {
+        b.iter(|| lookup_uid(black_box(peer), black_box(local)))
+    });
+    c.bench_function("socket_owner/original_destination", |b| {
+        b.iter(|| original_destination(black_box(&server), local))
+    });
+    let owner = SocketOwner::new(peer, local);
+    owner.uid().unwrap();
+    c.bench_function("socket_owner/cached_uid", |b| {
+        b.iter(|| black_box(&owner).uid())
+    });
+}
+
 criterion_group!(
     benches,
+    bench_socket_owner,
     bench_tokens,
     bench_imds_tokens,
     bench_cache,
