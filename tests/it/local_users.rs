@@ -542,3 +542,82 @@ async fn the_broker_refuses_to_list_its_own_user() {
         "{stderr}"
     );
 }
+
+/// Whether this process is root and has setpriv (else says why the test is skipped).
+fn root_with_setpriv() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let setpriv = Command::new("setpriv")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !(root && setpriv) {
+        eprintln!("SKIPPED: needs root and setpriv (util-linux) to run a client as another UID");
+    }
+    root && setpriv
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adding_local_users_covers_connections_already_open() {
+    // No namespace, no nftables: token-less ECS over loopback. The connection is accepted
+    // while no role has local_users (the kernel is not asked then); the reload that adds the
+    // client's UID must apply to it at once, on the same kept-alive connection.
+    if !root_with_setpriv() {
+        return;
+    }
+    const UID: u32 = 2005;
+    let moto = Moto::start().await;
+    let dir = ConfigDir::new();
+    let config = config_head(&moto.url) + &role("app", "");
+    let mut broker = TestBroker::start(&dir, &config).await;
+    let script = format!(
+        "import http.client, sys\n\
+         c = http.client.HTTPConnection('127.0.0.1', {}, timeout=10)\n\
+         def get():\n    c.request('GET', '/v1/credentials/app')\n    r = c.getresponse()\n    r.read()\n    return r.status\n\
+         print(get(), c.sock.getsockname()[1], flush=True)\n\
+         sys.stdin.readline()\n\
+         print(get(), c.sock.getsockname()[1], flush=True)\n",
+        broker.ecs.port()
+    );
+    let mut client = Killed(
+        Command::new("setpriv")
+            .args(&as_user(UID)[1..])
+            .arg(venv_bin("python"))
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(client.0.stdout.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    let (status, port) = first.split_once(' ').unwrap();
+    assert_eq!(status, "401", "no local_users yet");
+
+    std::fs::write(
+        &broker.config_path,
+        config_head(&moto.url) + &role("app", &format!("local_users = [{UID}]")),
+    )
+    .unwrap();
+    broker.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            broker.logs().contains("configuration reloaded")
+        })
+        .await,
+        "{}",
+        broker.logs()
+    );
+    std::io::Write::write_all(client.0.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    let second = lines.next().unwrap().unwrap();
+    assert_eq!(
+        second,
+        format!("200 {port}"),
+        "the same connection, now attributed to UID {UID}\n{}",
+        broker.logs()
+    );
+}
