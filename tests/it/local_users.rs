@@ -502,17 +502,7 @@ async fn each_local_user_gets_its_own_role_and_the_host_keeps_its_imds() {
 async fn the_broker_refuses_to_list_its_own_user() {
     // Run as UID 2900 (no namespace needed): listing 2900 would redirect the broker's own
     // IMDS traffic to itself.
-    if !Command::new("setpriv")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-        || !std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-    {
-        eprintln!("SKIPPED: needs root and setpriv");
+    if !root_with_setpriv() {
         return;
     }
     let dir = ConfigDir::new();
@@ -572,7 +562,7 @@ async fn a_reload_adding_local_users_covers_connections_already_open() {
     let moto = Moto::start().await;
     let dir = ConfigDir::new();
     let config = config_head(&moto.url) + &role("app", "");
-    let mut broker = TestBroker::start(&dir, &config).await;
+    let broker = TestBroker::start(&dir, &config).await;
     let script = format!(
         "import http.client, sys\n\
          c = http.client.HTTPConnection('127.0.0.1', {}, timeout=10)\n\
