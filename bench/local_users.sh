@@ -56,14 +56,14 @@ trap cleanup EXIT
 wait_file() { for _ in $(seq 1 200); do [ -s "$1" ] && return 0; sleep 0.05; done; die "timed out waiting for $1"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-python3 bench/fake_sts.py --port-file "$W/sts.port" --latency-ms 1-2 &
+python3 bench/fake_sts.py --port-file "$W/sts.port" --latency-ms 1-2 >/dev/null &
 PIDS+=($!)
 wait_file "$W/sts.port"
 STS_PORT=$(cat "$W/sts.port")
 export AWS_ACCESS_KEY_ID=AKIDBENCHMARK0000000 AWS_SECRET_ACCESS_KEY=bench-secret-not-real
 export RUST_LOG=warn
 
-# broker NAME EXTRA: writes the config, starts it, prints its ECS address
+# start_broker NAME EXTRA: writes the config, starts it, sets ADDR to its ECS address
 start_broker() {
     local name=$1 extra=$2 ecs admin
     ecs=$(free_port); admin=$(free_port)
@@ -83,16 +83,18 @@ arn = "arn:aws:iam::123456789012:role/app"
 tokens = ["$TOKEN"]
 $extra
 EOF
-    "$BIN" serve -c "$W/$name.toml" --log-format json 2>"$W/$name.log" &
+    "$BIN" serve -c "$W/$name.toml" --log-format json >/dev/null 2>"$W/$name.log" &
     PIDS+=($!)
     for _ in $(seq 1 300); do
-        curl -fs -o /dev/null "http://127.0.0.1:$admin/readyz" && { echo "127.0.0.1:$ecs"; return; }
+        curl -fs -o /dev/null "http://127.0.0.1:$admin/readyz" && { ADDR="127.0.0.1:$ecs"; return; }
         sleep 0.1
     done
     die "broker $name not ready: $(cat "$W/$name.log")"
 }
-A=$(start_broker a "")
-B=$(start_broker b "local_users = [$BENCH_UID]")
+start_broker a ""
+A=$ADDR
+start_broker b "local_users = [$BENCH_UID]"
+B=$ADDR
 log "A (tokens only) $A, B (local_users = [$BENCH_UID]) $B"
 
 as_user() { setpriv --reuid="$BENCH_UID" --regid="$BENCH_UID" --clear-groups "$@"; }
