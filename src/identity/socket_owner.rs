@@ -18,10 +18,12 @@
 //! The UID of a connection is fixed; which role it maps to is read per request from the
 //! current configuration ([`LocalUsers`]), so a reload applies at once.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
@@ -156,9 +158,9 @@ pub fn original_destination(stream: &impl AsFd, local: SocketAddr) -> SocketAddr
 /// Asks the kernel (netlink `sock_diag`, in the broker's network namespace) for the UID
 /// owning the TCP socket whose local address is `client` and remote address is `dst`.
 ///
-/// The request and its answer are one `sendmsg`/`recvmsg` pair: the kernel answers within
-/// the `sendmsg` call, so the receive does not block (the socket is non-blocking; no answer
-/// counts as a failed lookup).
+/// The request and its answer are one `sendmsg`/`recvmsg` pair on a per-thread netlink
+/// socket: the kernel answers within the `sendmsg` call, so the receive does not block (the
+/// socket is non-blocking; no answer counts as a failed lookup).
 pub fn lookup_uid(client: SocketAddr, dst: SocketAddr) -> Result<u32, Unattributed> {
     let family = match (client, dst) {
         (SocketAddr::V4(_), SocketAddr::V4(_)) => AF_INET,
@@ -175,7 +177,6 @@ pub fn lookup_uid(client: SocketAddr, dst: SocketAddr) -> Result<u32, Unattribut
     };
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST;
-    header.sequence_number = 1;
     let mut packet = NetlinkMessage::new(
         header,
         SockDiagMessage::InetRequest(InetRequest {
@@ -188,26 +189,22 @@ pub fn lookup_uid(client: SocketAddr, dst: SocketAddr) -> Result<u32, Unattribut
         .into(),
     );
     packet.finalize();
+    let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    packet.header.sequence_number = seq;
     let mut request = vec![0u8; packet.buffer_len()];
     packet.serialize(&mut request);
-
-    let failed = |e: std::io::Error| {
+    let mut answer = [0u8; 4096];
+    let len = exchange(&request, &mut answer).map_err(|e| {
         tracing::debug!(error = %e, "sock_diag lookup failed");
         Unattributed::LookupFailed
-    };
-    let mut socket = netlink_sys::Socket::new(NETLINK_SOCK_DIAG).map_err(failed)?;
-    socket.bind_auto().map_err(failed)?;
-    socket
-        .connect(&netlink_sys::SocketAddr::new(0, 0))
-        .map_err(failed)?;
-    socket.set_non_blocking(true).map_err(failed)?;
-    socket.send(&request, 0).map_err(failed)?;
-    let mut answer = [0u8; 4096];
-    let len = socket.recv(&mut &mut answer[..], 0).map_err(failed)?;
+    })?;
     let message = NetlinkMessage::<SockDiagMessage>::deserialize(&answer[..len]).map_err(|e| {
         tracing::debug!(error = %e, "unparsable sock_diag answer");
         Unattributed::LookupFailed
     })?;
+    if message.header.sequence_number != seq {
+        return Err(Unattributed::LookupFailed);
+    }
     match message.payload {
         NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(resp)) => {
             let h = &resp.header;
@@ -224,9 +221,56 @@ pub fn lookup_uid(client: SocketAddr, dst: SocketAddr) -> Result<u32, Unattribut
             }
         }
         // ENOENT: no such socket here.
-        NetlinkPayload::Error(_) => Err(Unattributed::NoSocket),
+        NetlinkPayload::Error(e) if e.code.map(|c| c.get()) == Some(-nix::libc::ENOENT) => {
+            Err(Unattributed::NoSocket)
+        }
+        NetlinkPayload::Error(e) => {
+            tracing::debug!(error = ?e.code, "sock_diag lookup refused");
+            Err(Unattributed::LookupFailed)
+        }
         _ => Err(Unattributed::LookupFailed),
     }
+}
+
+thread_local! {
+    /// One `sock_diag` socket per thread, opened on first use and kept: opening, binding and
+    /// closing one per lookup cost more than the lookup itself.
+    static DIAG: RefCell<Option<netlink_sys::Socket>> = const { RefCell::new(None) };
+}
+
+/// Sequence numbers of requests, so that an answer is never taken for another request's.
+static SEQUENCE: AtomicU32 = AtomicU32::new(1);
+
+fn open_diag() -> std::io::Result<netlink_sys::Socket> {
+    let mut socket = netlink_sys::Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    socket.set_non_blocking(true)?;
+    Ok(socket)
+}
+
+/// Sends `request` on this thread's socket and reads the answer into `answer`. Anything left
+/// over from an earlier request is discarded first; a socket that failed is reopened next time.
+fn exchange(request: &[u8], answer: &mut [u8]) -> std::io::Result<usize> {
+    DIAG.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(open_diag()?);
+        }
+        let socket = slot.as_ref().expect("opened above");
+        for _ in 0..16 {
+            if socket.recv(&mut &mut answer[..], 0).is_err() {
+                break; // EAGAIN: nothing stale
+            }
+        }
+        let result = socket
+            .send(request, 0)
+            .and_then(|_| socket.recv(&mut &mut answer[..], 0));
+        if result.is_err() {
+            *slot = None;
+        }
+        result
+    })
 }
 
 /// Whether this process may open a `sock_diag` socket at all (a sandbox such as systemd's
@@ -361,6 +405,20 @@ mod tests {
         assert!(!owner.looked_up());
         assert_eq!(owner.uid(), Ok(my_uid()));
         assert!(owner.looked_up());
+    }
+
+    #[test]
+    fn the_per_thread_socket_answers_each_request_with_its_own_answer() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        let dst = server.local_addr().unwrap();
+        let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for _ in 0..200 {
+            assert_eq!(lookup_uid(peer, dst), Ok(my_uid()));
+            assert_eq!(lookup_uid(nowhere, dst), Err(Unattributed::NoSocket));
+        }
+        drop(client);
     }
 
     #[test]
