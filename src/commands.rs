@@ -242,11 +242,24 @@ pub fn env_lines(config: &Config, role: &str) -> Result<String, String> {
         SocketAddr::new(ip, addr.port()),
         r.name
     );
-    let file = r.token_files.first().ok_or_else(|| {
-        format!(
+    let Some(file) = r.token_files.first() else {
+        if !r.local_users.is_empty() {
+            // Local users need no token: the broker asks the kernel who owns the socket.
+            let users: Vec<String> = r
+                .local_users
+                .iter()
+                .map(crate::config::describe_user)
+                .collect();
+            return Ok(format!(
+                "# no token: only for processes of {} on this host (local_users)\nexport AWS_CONTAINER_CREDENTIALS_FULL_URI={}\n",
+                users.join(", "),
+                shell_quote(&url)
+            ));
+        }
+        return Err(format!(
             "role {role:?} has no token_files; give it one so the workload can read its token from a file"
-        )
-    })?;
+        ));
+    };
     let mut out = format!(
         "export AWS_CONTAINER_CREDENTIALS_FULL_URI={}\nexport AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={}\n",
         shell_quote(&url),
@@ -530,6 +543,25 @@ mod tests {
         assert!(redirect_rules(&c).unwrap().contains(
             "meta skuid { 2001 } ip daddr 169.254.169.254 tcp dport 80 dnat ip to 10.0.0.5:8169"
         ));
+    }
+
+    #[test]
+    fn env_for_a_local_users_role_has_no_token() {
+        let c = parse(
+            "",
+            "local_users = [2001]",
+            "tokens = [\"tok-0123456789abcdef\"]",
+        );
+        assert_eq!(
+            env_lines(&c, "billing").unwrap(),
+            "# no token: only for processes of UID 2001 on this host (local_users)\n\
+             export AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:8170/v1/credentials/billing\n"
+        );
+        assert!(
+            env_lines(&c, "reports")
+                .unwrap_err()
+                .contains("no token_files")
+        );
     }
 
     #[test]
