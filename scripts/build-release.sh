@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds the release binary that ships: statically linked (no libc needed at run time, so it
+# runs in the FROM-scratch image and on any x86_64 Linux), with the [profile.release] of
+# Cargo.toml. Prints its path. Used by scripts/build-image.sh, scripts/check-systemd.sh and
+# bench/footprint.sh.
+#
+#   bash scripts/build-release.sh      # -> target/x86_64-unknown-linux-gnu/release/sts-broker
+#
+# `--target` is explicit so that RUSTFLAGS reach the broker but not build scripts and
+# proc-macros (which cannot be static).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+TARGET=x86_64-unknown-linux-gnu
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/$TARGET/release/sts-broker
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+  cargo build --quiet --release --locked --bin sts-broker --target "$TARGET" >&2
+if LC_ALL=C readelf -lW "$BIN" | grep -q 'Requesting program interpreter'; then
+  echo "build-release: $BIN is dynamically linked" >&2
+  exit 1
+fi
+printf '%s\n' "$BIN"
