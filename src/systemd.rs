@@ -53,6 +53,9 @@ pub async fn supervise(broker: &Broker) {
                 }
             }
             _ = ping.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
+            // Ready and no watchdog (Type=notify without WatchdogSec=): nothing left to do,
+            // but the caller polls this future for the daemon's lifetime.
+            else => std::future::pending::<()>().await,
         }
     }
 }

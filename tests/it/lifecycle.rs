@@ -393,3 +393,42 @@ async fn systemd_notify_ready_watchdog_and_stopping() {
             .success()
     );
 }
+
+/// Type=notify without WatchdogSec= (NOTIFY_SOCKET set, no WATCHDOG_USEC): once ready there is
+/// nothing more to notify, and the broker must go on serving (it used to abort right after
+/// READY=1, found by bench/footprint.sh).
+#[tokio::test]
+async fn systemd_notify_without_a_watchdog_keeps_serving_after_ready() {
+    use tokio::net::UnixDatagram;
+    let sts = FakeSts::start().await;
+    let dir = ConfigDir::new();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let socket_str = socket_path.display().to_string();
+    let mut broker = TestBroker::start_wrapped(
+        &dir,
+        &(config_head(&sts.url()) + &role("app", "")),
+        "info",
+        &[],
+        &[("NOTIFY_SOCKET", &socket_str)],
+    )
+    .await;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
+            .await
+            .expect("READY=1 within 10 s")
+            .unwrap();
+        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+            break;
+        }
+    }
+    // The supervisor's next turns come after READY=1: give them time, then check it still runs.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(broker.ecs_get("app", Some(TOKEN)).await.status, 200);
+    assert!(
+        broker.wait_exit(Duration::from_millis(10)).await.is_none(),
+        "the broker exited after READY=1:\n{}",
+        broker.logs()
+    );
+}

@@ -18,6 +18,7 @@ mod imds;
 mod kinds;
 mod lifecycle;
 mod local_users;
+mod monitoring;
 mod netns;
 mod refresh;
 mod relative_uri;
