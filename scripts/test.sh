@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (scripts/setup-test-deps.sh), then runs the same
-# checks as CI: rustfmt, clippy with warnings as errors, and every test.
+# checks as CI: rustfmt, clippy with warnings as errors, every test, the deployment artefacts'
+# checks, the container image run with podman and the unit booted under systemd.
 #
 #   bash scripts/test.sh              # everything
 #   bash scripts/test.sh ecs          # extra arguments go to `cargo test` (a name filter, say)
@@ -38,6 +39,11 @@ export STS_BROKER_FUZZ_SECONDS=${STS_BROKER_FUZZ_SECONDS:-45}
 cargo test --locked "$@"
 
 section "deployment artefacts (scripts/check-deploy.sh)" && bash scripts/check-deploy.sh
+
+# The artefacts run for real (as root): the image with podman, the unit under systemd as PID 1.
+# Both use the static release binary (scripts/build-release.sh), built once.
+section "container image (scripts/check-image.sh)" && bash scripts/check-image.sh
+section "systemd unit under systemd-nspawn (scripts/check-systemd.sh)" && bash scripts/check-systemd.sh
 
 section "done"
 printf 'All checks passed in %d s.\n' "$SECONDS"
