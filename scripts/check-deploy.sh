@@ -299,7 +299,7 @@ for ref in $refs; do
   esac
 done
 grep -q '"$IMAGE:$VERSION"' scripts/build-image.sh || die "scripts/build-image.sh no longer tags IMAGE:VERSION"
-say "image references: $(printf '%s ' $refs)(all sts-broker:$version, the tag scripts/build-image.sh builds)"
+say "image references: $(printf '%s ' $refs)(tagged $version, the tag scripts/build-image.sh builds, or pinned by digest)"
 
 # --- monitoring ------------------------------------------------------------------------------------
 step "promtool (deploy/monitoring, the chart's PrometheusRule)"
