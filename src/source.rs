@@ -38,6 +38,11 @@ pub async fn build_sts(config: &Config) -> Result<Sts, String> {
         // chain would let it).
         SourceConfig::Profile { name } => Some(SharedCredentialsProvider::new(
             aws_config::profile::ProfileFileCredentialsProvider::builder()
+                .configure(
+                    &aws_config::provider_config::ProviderConfig::default()
+                        .with_region(base.region().cloned())
+                        .with_http_client(crate::sts::https_client()),
+                )
                 .profile_name(name)
                 .build(),
         )),

@@ -52,7 +52,7 @@ pub async fn base_sdk_config(sts: &StsConfig, profile: Option<&str>) -> aws_conf
 /// The HTTPS client of every AWS call (STS, and the credential chain of `[source]`): the SDK's
 /// hyper client with rustls on ring, instead of the SDK default's aws-lc, which would be about a
 /// fifth of the binary; the broker's idle memory follows binary size (BENCHMARKS.md).
-fn https_client() -> aws_sdk_sts::config::SharedHttpClient {
+pub(crate) fn https_client() -> aws_sdk_sts::config::SharedHttpClient {
     aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
             aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,

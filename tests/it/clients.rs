@@ -221,12 +221,20 @@ async fn rust_client_child() {
             "run by rust_aws_config_ecs_and_imds_providers_read_credentials, which sets the environment"
         );
     };
+    // The broker builds aws-config without the SDK's default HTTPS client (it brings its own):
+    // give the SDK a plain HTTP one, all this test needs.
+    let http = aws_smithy_http_client::Builder::new().build_http();
+    let pc = aws_config::provider_config::ProviderConfig::default().with_http_client(http.clone());
     let provider = match mode.as_str() {
         "ecs" => SharedCredentialsProvider::new(
-            aws_config::ecs::EcsCredentialsProvider::builder().build(),
+            aws_config::ecs::EcsCredentialsProvider::builder()
+                .configure(&pc)
+                .build(),
         ),
         _ => SharedCredentialsProvider::new(
-            aws_config::imds::credentials::ImdsCredentialsProvider::builder().build(),
+            aws_config::imds::credentials::ImdsCredentialsProvider::builder()
+                .configure(&pc)
+                .build(),
         ),
     };
     let creds = provider
@@ -240,6 +248,7 @@ async fn rust_client_child() {
         .region(aws_sdk_sts::config::Region::new("us-east-1"))
         .endpoint_url(moto.to_str().unwrap())
         .credentials_provider(provider)
+        .http_client(http)
         .build();
     let who = aws_sdk_sts::Client::from_conf(conf)
         .get_caller_identity()
