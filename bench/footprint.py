@@ -11,6 +11,9 @@ For each binary, with one role against the STS at URL:
 - idle wake-ups: voluntary + involuntary context switches of every thread over --idle seconds
   after that (each is one wake-up of a thread), and the CPU time used.
 All binaries run at the same time during the idle window, so they see the same machine.
+With --hot-rounds N (N > 0), the hot path too: wrk (2 threads, 8 keep-alive connections,
+--hot-seconds each) on the ECS endpoint of each broker in turn, A B A B for N rounds; the
+median requests/s and the p50/p99 latency of each binary.
 """
 
 import argparse
@@ -57,7 +60,7 @@ token_files = ["{token}"]
 
 
 def start(binary, cfg, tmp):
-    """Starts the broker; returns (process, seconds from exec to READY=1, admin address)."""
+    """Starts the broker; returns (process, seconds from exec to READY=1, {endpoint: address})."""
     sock_path = os.path.join(tmp, f"notify-{time.monotonic_ns()}")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)
@@ -92,16 +95,16 @@ def start(binary, cfg, tmp):
     finally:
         sock.close()
         os.unlink(sock_path)
-    admin = None
+    addrs = {}
     log.seek(0)
     for line in log.read().splitlines():
         try:
             ev = json.loads(line)
         except ValueError:
             continue
-        if ev.get("message") == "listening" and ev.get("endpoint") == "admin":
-            admin = ev["addr"]
-    return proc, ready, admin
+        if ev.get("message") == "listening":
+            addrs[ev["endpoint"]] = ev["addr"]
+    return proc, ready, addrs
 
 
 def smaps(pid, binary):
@@ -155,12 +158,32 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def wrk(url, seconds):
+    """requests/s, p50 and p99 latency (ms) of a wrk run against url."""
+    out = subprocess.run(
+        ["wrk", "-t2", "-c8", f"-d{seconds}s", "--latency", "-H", f"Authorization: {TOKEN}", url],
+        capture_output=True, text=True, check=True).stdout
+    rps = float(next(l for l in out.splitlines() if l.startswith("Requests/sec:")).split()[1])
+
+    def pct(p):
+        line = next(l for l in out.splitlines() if l.strip().startswith(p + "%"))
+        v = line.split()[1]
+        for unit, f in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+            if v.endswith(unit):
+                return float(v[: -len(unit)]) * f
+        raise ValueError(v)
+
+    return rps, pct("50"), pct("99")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sts-url", required=True)
     ap.add_argument("--idle", type=float, default=60)
     ap.add_argument("--starts", type=int, default=7)
     ap.add_argument("--json")
+    ap.add_argument("--hot-rounds", type=int, default=0)
+    ap.add_argument("--hot-seconds", type=int, default=5)
     ap.add_argument("binaries", nargs="+", help="LABEL=PATH")
     args = ap.parse_args()
     bins = [b.split("=", 1) for b in args.binaries]
@@ -178,11 +201,11 @@ def main():
         # Idle: all at once.
         running = []
         for label, path in bins:
-            proc, _, admin = start(path, cfg, tmp)
-            running.append((label, path, proc, admin))
+            proc, _, addrs = start(path, cfg, tmp)
+            running.append((label, path, proc, addrs))
         time.sleep(5)
-        for label, path, proc, admin in running:
-            with urllib.request.urlopen(f"http://{admin}/readyz", timeout=5) as r:
+        for label, path, proc, addrs in running:
+            with urllib.request.urlopen(f"http://{addrs['admin']}/readyz", timeout=5) as r:
                 assert r.status == 200
             results[label] = {
                 "binary": path,
@@ -196,14 +219,26 @@ def main():
                 "_c0": cpu_seconds(proc.pid),
             }
         time.sleep(args.idle)
-        for label, path, proc, admin in running:
+        for label, path, proc, _ in running:
             r = results[label]
             r["wakeups_per_s"] = round((wakeups(proc.pid) - r.pop("_w0")) / args.idle, 2)
             r["idle_cpu_ms_per_min"] = round((cpu_seconds(proc.pid) - r.pop("_c0")) * 1000 * 60 / args.idle, 1)
             r["rss_kib_after_idle"] = status(proc.pid, "VmRSS")
+        if args.hot_rounds:
+            runs = {label: [] for label, _ in bins}
+            for _ in range(args.hot_rounds):
+                for label, _, _, addrs in running:
+                    runs[label].append(wrk(f"http://{addrs['ecs']}/v1/credentials/app", args.hot_seconds))
+            for label, _ in bins:
+                r = runs[label]
+                results[label]["hot_rps_median"] = round(statistics.median(x[0] for x in r))
+                results[label]["hot_p50_ms"] = round(statistics.median(x[1] for x in r), 3)
+                results[label]["hot_p99_ms"] = round(statistics.median(x[2] for x in r), 3)
+        for _, _, proc, _ in running:
             proc.terminate()
             proc.wait(10)
-    cols = ["file_bytes", "ready_ms_median", "ready_ms_min", "rss_kib", "rss_kib_after_idle", "binary_kib",
+    hot = ["hot_rps_median", "hot_p50_ms", "hot_p99_ms"] if args.hot_rounds else []
+    cols = hot + ["file_bytes", "ready_ms_median", "ready_ms_min", "rss_kib", "rss_kib_after_idle", "binary_kib",
             "binary_dirty_kib", "libs_kib", "anon_kib", "threads", "wakeups_per_s", "idle_cpu_ms_per_min"]
     print("| " + " | ".join(["binary"] + cols) + " |")
     print("|" + "---|" * (len(cols) + 1))

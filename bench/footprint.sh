@@ -10,8 +10,11 @@
 #   cp target/release/sts-broker /tmp/dynamic
 #   bash bench/footprint.sh shipped=target/x86_64-unknown-linux-gnu/release/sts-broker dynamic=/tmp/dynamic
 #
-# Knobs: IDLE=60 (seconds of idle), STARTS=7 (exec-to-ready samples per binary), OUT (JSON).
-# The fake STS (bench/fake_sts.py) answers in 5-10 ms. About 2 minutes.
+# Then the hot path, so a footprint change cannot hide a slowdown: wrk on each broker's ECS
+# endpoint in turn (2 threads, 8 keep-alive connections), A B A B for HOT_ROUNDS rounds.
+# Knobs: IDLE=60 (seconds of idle), STARTS=7 (exec-to-ready samples per binary), HOT_ROUNDS=3,
+# HOT_SECONDS=5 (0 rounds: skip), OUT (JSON). The fake STS (bench/fake_sts.py) answers in
+# 5-10 ms. About 2-3 minutes. Installs wrk (Debian) when missing.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -19,6 +22,13 @@ IDLE=${IDLE:-60}
 STARTS=${STARTS:-7}
 OUT=${OUT:-target/bench/footprint-$(date -u +%Y%m%dT%H%M%SZ).json}
 mkdir -p "$(dirname "$OUT")"
+
+HOT_ROUNDS=${HOT_ROUNDS:-3}
+HOT_SECONDS=${HOT_SECONDS:-5}
+if [ "$HOT_ROUNDS" -gt 0 ] && ! command -v wrk >/dev/null; then
+  apt-get -o DPkg::Lock::Timeout=300 update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq wrk >/dev/null
+fi
 
 if [ $# -eq 0 ]; then
   set -- "shipped=$(bash scripts/build-release.sh)"
@@ -36,8 +46,8 @@ sts_pid=$!
 for _ in $(seq 100); do [ -s "$tmp/port" ] && break; sleep 0.1; done
 [ -s "$tmp/port" ] || { echo "footprint: the fake STS did not start" >&2; exit 1; }
 
-printf 'footprint: %s, %s cores, load %s; idle %s s, %s starts each\n' "$(uname -r)" "$(nproc)" \
-  "$(cut -d' ' -f1-3 /proc/loadavg)" "$IDLE" "$STARTS"
+printf 'footprint: kernel %s, %s cores, load %s; idle %s s, %s starts, %s hot rounds of %s s each\n' \
+  "$(uname -r)" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)" "$IDLE" "$STARTS" "$HOT_ROUNDS" "$HOT_SECONDS"
 python3 bench/footprint.py --sts-url "http://127.0.0.1:$(cat "$tmp/port")" --idle "$IDLE" \
-  --starts "$STARTS" --json "$OUT" "$@"
+  --starts "$STARTS" --hot-rounds "$HOT_ROUNDS" --hot-seconds "$HOT_SECONDS" --json "$OUT" "$@"
 echo "footprint: JSON in $OUT"
