@@ -8,7 +8,11 @@ use sd_notify::NotifyState;
 
 use crate::Broker;
 
-/// How often readiness is re-checked before `READY=1` is sent.
+/// How often readiness is re-checked before `READY=1` is sent: 5 ms at first, doubling up to
+/// 200 ms. Credentials usually arrive within tens of milliseconds of start-up, and a fixed
+/// 200 ms made every start take at least that long (BENCHMARKS.md, exec to ready); while STS
+/// is down the checks settle at 5 a second.
+const READY_POLL_FIRST: Duration = Duration::from_millis(5);
 const READY_POLL: Duration = Duration::from_millis(200);
 
 /// Sends a status line (ignored outside systemd).
@@ -39,10 +43,11 @@ pub async fn supervise(broker: &Broker) {
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
     let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let mut ready = false;
-    let mut poll = tokio::time::interval(READY_POLL);
+    let mut next_check = tokio::time::Instant::now();
+    let mut delay = READY_POLL_FIRST;
     loop {
         tokio::select! {
-            _ = poll.tick(), if !ready => {
+            () = tokio::time::sleep_until(next_check), if !ready => {
                 let waiting = broker.unready_roles().await;
                 if waiting.is_empty() {
                     ready = true;
@@ -50,6 +55,8 @@ pub async fn supervise(broker: &Broker) {
                     tracing::info!("ready (notified systemd)");
                 } else {
                     status(&format!("waiting for credentials: {}", waiting.join(", ")));
+                    next_check = tokio::time::Instant::now() + delay;
+                    delay = (delay * 2).min(READY_POLL);
                 }
             }
             _ = ping.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
