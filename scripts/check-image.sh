@@ -130,7 +130,7 @@ say "runs as uid/gid 65532, no capabilities, no new privileges, root file system
 
 # A real SDK through the ECS endpoint: boto3 fetches the credentials and signs with them.
 arn=$(env -i PATH=/usr/bin:/bin HOME="$WORK" AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null \
-  AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
+  AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
   AWS_CONTAINER_CREDENTIALS_FULL_URI="http://127.0.0.1:$ECS_PORT/v1/credentials/app" \
   AWS_CONTAINER_AUTHORIZATION_TOKEN="$TOKEN" \
   "$VENV/bin/python" -c "
