@@ -56,5 +56,8 @@ sh deploy/image-rootfs.sh "$BIN" /etc/ssl/certs/ca-certificates.crt "$CONTEXT/ta
 start=$SECONDS
 pm build --quiet --build-arg ROOTFS=prebuilt -f deploy/Dockerfile \
   -t "$IMAGE:dev" -t "$IMAGE:$VERSION" "$CONTEXT" >/dev/null
+# The images of earlier builds (and their build stages), now untagged: not kept, vfs stores
+# each in full. Only images carrying this Dockerfile's io.sts-broker.build label.
+pm image prune --force --filter label=io.sts-broker.build >/dev/null
 size=$(pm image inspect --format '{{.Size}}' "$IMAGE:dev")
 say "built $IMAGE:dev and $IMAGE:$VERSION in $((SECONDS - start)) s: $size bytes uncompressed ($(awk -v s="$size" 'BEGIN { printf "%.1f MiB", s / 1048576 }')), binary $(stat -c %s "$BIN") bytes"
