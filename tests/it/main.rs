@@ -23,3 +23,4 @@ mod netns;
 mod refresh;
 mod relative_uri;
 mod secrets;
+mod tls;
