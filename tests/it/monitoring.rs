@@ -105,8 +105,8 @@ fn the_reference_scanner_finds_names_and_selector_labels() {
 }
 
 /// A labelled metric only appears in `/metrics` once one of its series has been touched, so
-/// the broker is exercised first: a served request on each endpoint (and an audit record), a
-/// rate-limited one, STS calls, a reload, a scrape.
+/// the broker is exercised first: served requests (and audit records), a rate-limited one, one
+/// from outside `allowed_sources`, STS calls, a reload, a scrape.
 #[tokio::test]
 async fn every_metric_named_by_the_alerts_and_the_dashboard_is_exported() {
     let sts = FakeSts::start().await;
@@ -116,21 +116,21 @@ async fn every_metric_named_by_the_alerts_and_the_dashboard_is_exported() {
         "[ecs]\nlisten = \"127.0.0.1:0\"",
         "[ecs]\nlisten = \"127.0.0.1:0\"\nper_peer_rate_limit = 1",
     ) + &role("app", "")
-        + "\n[imds]\nlisten = \"127.0.0.1:0\"\nrole = \"app\"\n"
+        // IMDS serves no loopback peer: its requests are refused (403) and counted.
+        + "\n[imds]\nlisten = \"127.0.0.1:0\"\nrole = \"app\"\nallowed_sources = [\"10.0.0.0/8\"]\n"
         + &format!("\n[audit]\npath = {:?}\n", trail.display().to_string());
     let broker = TestBroker::start(&dir, &config).await;
     broker.wait_ready(Duration::from_secs(10)).await;
 
     assert_eq!(broker.ecs_get("app", Some(TOKEN)).await.status, 200);
-    let token = broker.imds_token("60").await;
     let imds = broker
         .imds_request(
-            "GET",
-            "/latest/meta-data/iam/security-credentials/app",
-            &[("X-aws-ec2-metadata-token", &token)],
+            "PUT",
+            "/latest/api/token",
+            &[("X-aws-ec2-metadata-token-ttl-seconds", "60")],
         )
         .await;
-    assert_eq!(imds.status, 200);
+    assert_eq!(imds.status, 403, "allowed_sources refuses loopback");
     // A burst beyond the limit (1/s, bursts of 2): at least one 429.
     let mut limited = false;
     for _ in 0..10 {
@@ -149,7 +149,7 @@ async fn every_metric_named_by_the_alerts_and_the_dashboard_is_exported() {
             broker
                 .metric("sts_broker_audit_records_total{outcome=\"written\"}")
                 .await
-                .is_some_and(|n| n >= 2.0)
+                .is_some_and(|n| n >= 1.0)
         })
         .await,
         "audit records not counted:\n{}",
@@ -199,6 +199,7 @@ async fn every_metric_named_by_the_alerts_and_the_dashboard_is_exported() {
         "sts_broker_audit_records_total",
         "sts_broker_request_duration_seconds_bucket",
         "sts_broker_sts_call_duration_seconds_bucket",
+        "sts_broker_source_refused_total",
     ] {
         assert!(checked.contains(must), "no monitoring file uses {must}");
     }
