@@ -72,7 +72,8 @@ for _ in $(seq 100); do
 done
 ECS_PORT=$(free_port)
 ADMIN_PORT=$(free_port)
-TOKEN=image-token-$RANDOM$RANDOM$RANDOM
+# 32 random hex digits: the broker refuses tokens under 16 characters.
+TOKEN=image-token-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")
 mkdir -p "$WORK/etc/tokens"
 printf '%s' "$TOKEN" >"$WORK/etc/tokens/app"
 cat >"$WORK/etc/config.toml" <<EOF

@@ -106,7 +106,8 @@ cp "$BIN" "$WORK/sts-broker"
 cp systemd/sts-broker.service "$WORK/sts-broker.service"
 cp systemd/sts-broker.sysusers "$WORK/sts-broker.sysusers"
 cp systemd/check/driver.sh "$WORK/driver.sh"
-TOKEN=check-token-$RANDOM$RANDOM$RANDOM
+# 32 random hex digits: the broker refuses tokens under 16 characters.
+TOKEN=check-token-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")
 printf 'MOTO_PORT=%s\nTOKEN=%s\n' "$MOTO_PORT" "$TOKEN" >"$WORK/env"
 # The drop-in an operator would write on a host without an instance profile: the broker's own
 # credentials from the environment (moto does not check them).
