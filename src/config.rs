@@ -9,15 +9,18 @@
 pub mod file;
 pub mod relative_uri;
 mod role;
+mod sts;
 
 pub use role::{
     AssertionSource, CHAINED_MAX_DURATION, LocalUser, Mfa, RoleConfig, RoleKind, RoleSpec,
 };
+use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+pub use sts::{EndpointTarget, endpoint_order, parse_instant, partition, regional_url};
 
 use serde::Deserialize;
 
@@ -28,6 +31,10 @@ pub const ENV_CONFIG: &str = "STS_BROKER_CONFIG";
 
 const DEFAULT_STS_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_MAX_CALLS_PER_SECOND: f64 = 10.0;
+/// The adaptive rate's floor: 0.05/s lets 10,000 brokers share a 600 calls/s quota.
+const DEFAULT_MIN_CALLS_PER_SECOND: f64 = 0.05;
+const DEFAULT_UNHEALTHY_AFTER: u32 = 3;
+const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
 const DEFAULT_LEAD: Duration = Duration::from_secs(40 * 60);
 const DEFAULT_MIN_REMAINING: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_JITTER: Duration = Duration::from_secs(30);
@@ -78,6 +85,35 @@ pub struct StsConfig {
     pub timeout: Duration,
     /// Broker-wide rate limit; calls beyond it wait for their slot (bursts are spread).
     pub max_calls_per_second: f64,
+    /// Regions whose STS endpoints are tried, in order, after the primary fails.
+    pub failover_regions: Vec<String>,
+    /// An explicit endpoint order (instead of `endpoint` + `failover_regions`).
+    pub endpoints: Vec<String>,
+    /// A cold call not answered by then is also sent to the next endpoint.
+    pub hedge_after: Option<Duration>,
+    /// Throttling lowers the call rate (multiplicative), successes raise it back slowly.
+    pub adaptive_rate: bool,
+    /// The floor of the adaptive rate.
+    pub min_calls_per_second: f64,
+    /// Consecutive failures (connect error, timeout, 5xx) after which an endpoint is skipped.
+    pub unhealthy_after: u32,
+    /// How long a skipped endpoint rests before one call probes it again.
+    pub cooldown: Duration,
+}
+
+impl StsConfig {
+    /// The endpoint order for the broker's region (see [`endpoint_order`]).
+    ///
+    /// # Errors
+    /// Failover regions outside the region's partition.
+    pub fn targets(&self, region: &str) -> Result<Vec<EndpointTarget>, Vec<String>> {
+        endpoint_order(
+            region,
+            self.endpoint.as_deref(),
+            &self.endpoints,
+            &self.failover_regions,
+        )
+    }
 }
 
 /// `[source]`: the credentials the broker signs its STS calls with.
@@ -136,6 +172,11 @@ pub struct RefreshConfig {
     pub jitter: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Start-up prefetch of each role waits a random delay in `[0, startup_spread)`, so a
+    /// fleet restarting together reaches STS as a steady stream, not a spike.
+    pub startup_spread: Duration,
+    /// Credentials obtained before this instant are dropped on load/reload and re-assumed.
+    pub revoke_before: Option<SystemTime>,
 }
 
 /// `[ecs]` / `[admin]` / `[imds]`: where a listener binds, which `Host` names it answers, and
@@ -259,6 +300,13 @@ struct RawSts {
     endpoint: Option<String>,
     timeout: Option<String>,
     max_calls_per_second: Option<f64>,
+    failover_regions: Option<Vec<String>>,
+    endpoints: Option<Vec<String>>,
+    hedge_after: Option<String>,
+    adaptive_rate: Option<bool>,
+    min_calls_per_second: Option<f64>,
+    unhealthy_after: Option<u32>,
+    cooldown: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -279,6 +327,8 @@ struct RawRefresh {
     jitter: Option<String>,
     backoff_min: Option<String>,
     backoff_max: Option<String>,
+    startup_spread: Option<String>,
+    revoke_before: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -327,7 +377,19 @@ const TOP_LEVEL_TABLES: &[&str] = &[
     "sts", "source", "refresh", "ecs", "admin", "imds", "audit", "role",
 ];
 const AUDIT_KEYS: &[&str] = &["path"];
-const STS_KEYS: &[&str] = &["region", "endpoint", "timeout", "max_calls_per_second"];
+const STS_KEYS: &[&str] = &[
+    "region",
+    "endpoint",
+    "timeout",
+    "max_calls_per_second",
+    "failover_regions",
+    "endpoints",
+    "hedge_after",
+    "adaptive_rate",
+    "min_calls_per_second",
+    "unhealthy_after",
+    "cooldown",
+];
 const SOURCE_KEYS: &[&str] = &["kind", "name", "token_file", "role_arn", "session_name"];
 const REFRESH_KEYS: &[&str] = &[
     "lead",
@@ -335,6 +397,8 @@ const REFRESH_KEYS: &[&str] = &[
     "jitter",
     "backoff_min",
     "backoff_max",
+    "startup_spread",
+    "revoke_before",
 ];
 const LISTENER_KEYS: &[&str] = &[
     "listen",
@@ -624,16 +688,138 @@ fn build_sts(p: &mut Problems, raw: RawSts) -> StsConfig {
         .unwrap_or(DEFAULT_MAX_CALLS_PER_SECOND);
     if !(rate.is_finite() && rate > 0.0) {
         p.error(
-            scope,
+            scope.clone(),
             Some("max_calls_per_second"),
             format!("{rate} must be a positive number"),
         );
+    }
+    let failover_regions = raw.failover_regions.unwrap_or_default();
+    let endpoints = raw.endpoints.unwrap_or_default();
+    check_endpoints(
+        p,
+        &scope,
+        raw.endpoint.as_deref(),
+        &endpoints,
+        &failover_regions,
+    );
+    if let Some(region) = &raw.region
+        && endpoints.is_empty()
+        && let Err(problems) = endpoint_order(region, None, &[], &failover_regions)
+    {
+        for why in problems {
+            p.error(scope.clone(), Some("failover_regions"), why);
+        }
+    }
+    let hedge_after = p.duration(&scope, "hedge_after", raw.hedge_after.as_deref());
+    if let Some(h) = hedge_after {
+        if h.is_zero() || h >= timeout {
+            p.error(
+                scope.clone(),
+                Some("hedge_after"),
+                format!(
+                    "{} must be greater than zero and less than timeout ({})",
+                    humantime::format_duration(h),
+                    humantime::format_duration(timeout)
+                ),
+            );
+        }
+        if endpoints.len() < 2 && failover_regions.is_empty() {
+            p.error(
+                scope.clone(),
+                Some("hedge_after"),
+                "needs a second endpoint to hedge to (failover_regions or endpoints)",
+            );
+        }
+    }
+    let min_rate = raw
+        .min_calls_per_second
+        .unwrap_or(DEFAULT_MIN_CALLS_PER_SECOND.min(rate));
+    if !(min_rate.is_finite() && min_rate > 0.0 && min_rate <= rate) {
+        p.error(
+            scope.clone(),
+            Some("min_calls_per_second"),
+            format!("{min_rate} must be a positive number no greater than max_calls_per_second"),
+        );
+    }
+    let unhealthy_after = raw.unhealthy_after.unwrap_or(DEFAULT_UNHEALTHY_AFTER);
+    if unhealthy_after == 0 {
+        p.error(scope.clone(), Some("unhealthy_after"), "must be at least 1");
+    }
+    let cooldown = p
+        .duration(&scope, "cooldown", raw.cooldown.as_deref())
+        .unwrap_or(DEFAULT_COOLDOWN);
+    if cooldown.is_zero() {
+        p.error(scope, Some("cooldown"), "must be greater than zero");
     }
     StsConfig {
         region: raw.region,
         endpoint: raw.endpoint,
         timeout,
         max_calls_per_second: rate,
+        failover_regions,
+        endpoints,
+        hedge_after,
+        adaptive_rate: raw.adaptive_rate.unwrap_or(true),
+        min_calls_per_second: min_rate,
+        unhealthy_after,
+        cooldown,
+    }
+}
+
+/// `endpoints` replaces `endpoint` + `failover_regions`; every URL must be http(s) and
+/// appear once.
+fn check_endpoints(
+    p: &mut Problems,
+    scope: &Scope,
+    endpoint: Option<&str>,
+    endpoints: &[String],
+    failover_regions: &[String],
+) {
+    if !endpoints.is_empty() {
+        if endpoint.is_some() {
+            p.error(
+                scope.clone(),
+                Some("endpoints"),
+                "set either `endpoint` (with optional `failover_regions`) or `endpoints`, not both",
+            );
+        }
+        if !failover_regions.is_empty() {
+            p.error(
+                scope.clone(),
+                Some("endpoints"),
+                "set either `failover_regions` or `endpoints`, not both: list the failover \
+                 endpoints in `endpoints` in the order to try them",
+            );
+        }
+    }
+    let mut seen = HashSet::new();
+    for e in endpoints {
+        if !(e.starts_with("https://") || e.starts_with("http://")) {
+            p.error(
+                scope.clone(),
+                Some("endpoints"),
+                format!(
+                    "{e:?} must be a URL starting with https:// (or http:// for a local emulator)"
+                ),
+            );
+        }
+        if !seen.insert(e.trim_end_matches('/')) {
+            p.error(
+                scope.clone(),
+                Some("endpoints"),
+                format!("{e:?} is listed twice"),
+            );
+        }
+    }
+    let mut seen = HashSet::new();
+    for r in failover_regions {
+        if !seen.insert(r.as_str()) {
+            p.error(
+                scope.clone(),
+                Some("failover_regions"),
+                format!("{r:?} is listed twice"),
+            );
+        }
     }
 }
 
@@ -768,7 +954,7 @@ fn build_refresh(p: &mut Problems, raw: RawRefresh) -> RefreshConfig {
         && min_remaining >= lead
     {
         p.error(
-            scope,
+            scope.clone(),
             Some("min_remaining"),
             format!(
                 "{} must be less than lead ({}), or credentials stop being served before they are refreshed",
@@ -777,12 +963,27 @@ fn build_refresh(p: &mut Problems, raw: RawRefresh) -> RefreshConfig {
             ),
         );
     }
+    let startup_spread = p
+        .duration(&scope, "startup_spread", raw.startup_spread.as_deref())
+        .unwrap_or_default();
+    let revoke_before = raw
+        .revoke_before
+        .as_deref()
+        .and_then(|t| match parse_instant(t) {
+            Ok(t) => Some(t),
+            Err(why) => {
+                p.error(scope.clone(), Some("revoke_before"), why);
+                None
+            }
+        });
     RefreshConfig {
         lead,
         min_remaining,
         jitter,
         backoff_min,
         backoff_max,
+        startup_spread,
+        revoke_before,
     }
 }
 

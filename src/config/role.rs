@@ -50,6 +50,9 @@ pub struct RoleConfig {
     /// The secret path id for clients that know only `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`
     /// (`/v2/credentials/<id>`, no header); `None` when off or the role has no token.
     pub relative_uri_id: Option<Secret>,
+    /// This role's own `revoke_before` (the later of it and `[refresh]`'s applies). Not part
+    /// of the spec: changing it revokes what was obtained before it, not everything.
+    pub revoke_before: Option<std::time::SystemTime>,
     /// Unix users whose sockets are this role's callers on the ECS and IMDS listeners
     /// (DESIGN §10), resolved to UIDs when the config is loaded.
     pub local_users: Vec<LocalUser>,
@@ -232,6 +235,7 @@ struct RawRole {
     relative_uri_id: Option<String>,
     /// Checked by hand so that a wrong type names the key.
     local_users: Option<toml::Value>,
+    revoke_before: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -251,6 +255,7 @@ const COMMON_KEYS: &[&str] = &[
     "relative_uri",
     "relative_uri_id",
     "local_users",
+    "revoke_before",
 ];
 
 /// The kinds and the keys each adds to [`COMMON_KEYS`].
@@ -703,6 +708,16 @@ fn build_role(p: &mut Problems, raw: RawRole, ctx: &LoadContext) -> Option<RoleC
             .map(|t| super::relative_uri::derive(t, &raw.name)),
     };
     let local_users = resolve_users(p, &scope, raw.local_users);
+    let revoke_before = raw
+        .revoke_before
+        .as_deref()
+        .and_then(|t| match super::parse_instant(t) {
+            Ok(t) => Some(t),
+            Err(why) => {
+                p.error(scope.clone(), Some("revoke_before"), why);
+                None
+            }
+        });
     if p.errors.len() > errors_before {
         return None;
     }
@@ -722,6 +737,7 @@ fn build_role(p: &mut Problems, raw: RawRole, ctx: &LoadContext) -> Option<RoleC
         token_files: raw.token_files,
         relative_uri_id,
         local_users,
+        revoke_before,
     })
 }
 

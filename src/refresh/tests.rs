@@ -8,6 +8,8 @@ fn cfg(lead: Lead) -> RefreshConfig {
         jitter: Duration::from_secs(30),
         backoff_min: Duration::from_secs(1),
         backoff_max: Duration::from_secs(120),
+        startup_spread: Duration::ZERO,
+        revoke_before: None,
     }
 }
 
