@@ -38,7 +38,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -49,9 +49,10 @@ use tokio_util::task::TaskTracker;
 use crate::cache::{CredentialCache, RoleKey, RoleSlot, SlotUses};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::refresh::{RateLimiter, Upstream};
+use crate::refresh::Upstream;
 use crate::server::{admin, ecs, http, imds};
 use crate::state::{Snapshot, TokenIndex};
+use crate::sts::rate::AdaptiveRate;
 
 /// How long open connections get to finish after shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -140,6 +141,8 @@ pub struct Broker {
     admin_addrs: Vec<SocketAddr>,
     imds_addrs: Vec<SocketAddr>,
     audit: Option<audit::AuditLog>,
+    /// `revoke_before` times that were ahead of the clock → the moment they took effect.
+    revoke_clamp: std::sync::Mutex<HashMap<SystemTime, SystemTime>>,
 }
 
 impl Broker {
@@ -204,9 +207,15 @@ impl Broker {
             ),
             None => None,
         };
+        let limiter = AdaptiveRate::new(
+            config.sts.max_calls_per_second,
+            config.sts.min_calls_per_second,
+            config.sts.adaptive_rate,
+        );
+        metrics.set_sts_rate(limiter.current());
         let upstream = Arc::new(ArcSwap::from_pointee(Upstream {
-            sts,
-            limiter: RateLimiter::new(config.sts.max_calls_per_second),
+            sts: sts.with_metrics(Arc::clone(&metrics)),
+            limiter,
         }));
         let min_remaining = config.refresh.min_remaining;
         let config = Arc::new(ArcSwap::from_pointee(config));
@@ -240,8 +249,11 @@ impl Broker {
             admin_addrs: local_addrs(&admin_listeners),
             imds_addrs: local_addrs(&imds_listeners),
             audit,
+            revoke_clamp: std::sync::Mutex::new(HashMap::new()),
         };
-        broker.apply_roles(&current, &HashMap::new()).await;
+        broker
+            .apply_roles(&current, &HashMap::new(), current.refresh.startup_spread)
+            .await;
 
         let ecs_ctx = Arc::new(ecs::EcsContext {
             state: Arc::clone(&broker.state),
@@ -341,11 +353,57 @@ impl Broker {
         &self.metrics
     }
 
+    /// The instant before which a role's credentials are revoked: the later of
+    /// `[refresh] revoke_before` and the role's own. A time ahead of the clock counts as the
+    /// moment it was first seen (with a warning), and stays that moment on later reloads, so
+    /// re-sending the same config does not revoke again.
+    fn revoke_instant(&self, config: &Config, role: &config::RoleConfig) -> Option<SystemTime> {
+        let t = config.refresh.revoke_before.max(role.revoke_before)?;
+        let now = SystemTime::now();
+        if t <= now {
+            return Some(t);
+        }
+        let mut seen = self.revoke_clamp.lock().expect("revoke lock");
+        Some(*seen.entry(t).or_insert_with(|| {
+            tracing::warn!(
+                role = %role.name,
+                revoke_before = %humantime::format_rfc3339_seconds(t),
+                "revoke_before is ahead of this machine's clock: revoking what is held now"
+            );
+            now
+        }))
+    }
+
     /// Makes the snapshot match `config.roles`: keeps the slot (and cached credentials) of
-    /// every role whose spec — and source role, when chained — is unchanged, starts new and
-    /// changed roles, stops removed ones. Source roles are placed before the roles chained
-    /// from them (the config has no cycles).
-    async fn apply_roles(&self, config: &Arc<Config>, old: &HashMap<String, Arc<RoleSlot>>) {
+    /// every role whose spec — and source role, when chained — is unchanged and whose
+    /// credentials were not obtained before its `revoke_before`, starts new, changed and
+    /// revoked roles (prefetched ones fetch at once, or after their share of `spread`; lazy
+    /// ones on their next request), stops removed ones. Source roles are placed before the
+    /// roles chained from them (the config has no cycles).
+    async fn apply_roles(
+        &self,
+        config: &Arc<Config>,
+        old: &HashMap<String, Arc<RoleSlot>>,
+        spread: Duration,
+    ) {
+        let mut revoked: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for role in &config.roles {
+            if let (Some(t), Some(slot)) = (self.revoke_instant(config, role), old.get(&role.name))
+                && self
+                    .cache
+                    .peek(&slot.key)
+                    .await
+                    .is_some_and(|held| held.issued < t)
+            {
+                tracing::warn!(
+                    role = %role.name,
+                    revoke_before = %humantime::format_rfc3339_seconds(t),
+                    "revoke_before: credentials obtained before it are dropped and re-assumed"
+                );
+                self.metrics.observe_revocation(&role.name);
+                revoked.insert(role.name.as_str());
+            }
+        }
         let mut roles: HashMap<String, Arc<RoleSlot>> = HashMap::new();
         let mut tasks = self.role_tasks.lock().await;
         let sources: std::collections::HashSet<&str> = config
@@ -381,7 +439,8 @@ impl Broker {
                     Some(slot)
                         if slot.config.spec == role.spec
                             && same_base(slot)
-                            && slot.uses == uses =>
+                            && slot.uses == uses
+                            && !revoked.contains(role.name.as_str()) =>
                     {
                         Arc::clone(slot)
                     }
@@ -390,11 +449,13 @@ impl Broker {
                         let slot = RoleSlot::new(Arc::clone(role), generation, base, uses);
                         let stop = self.refresh_stop.child_token();
                         tasks.insert(slot.key.clone(), stop.clone());
+                        let first_delay = spread.mul_f64(rand::random::<f64>());
                         self.refreshers.spawn(refresh::role_loop(
                             Arc::clone(&self.cache),
                             Arc::clone(&slot),
                             Arc::clone(&self.config),
                             stop,
+                            first_delay,
                         ));
                         slot
                     }
@@ -479,11 +540,23 @@ impl Broker {
                 "[imds] listen / hop_limit / limits (or adding/removing [imds])",
             ));
         }
-        if new.sts != current.sts || new.source != current.source {
+        // A new broker-wide revoke_before also drops the SDK's cached [source] credentials
+        // (a revoked IRSA / instance role session of the broker itself).
+        let revoke_source = new.refresh.revoke_before.is_some()
+            && new.refresh.revoke_before != current.refresh.revoke_before;
+        if new.sts != current.sts || new.source != current.source || revoke_source {
             let sts = source::build_sts(&new).await.map_err(ReloadError::Sts)?;
+            // A rate lowered by Throttling stays lowered across the reload.
+            let limiter = AdaptiveRate::starting_at(
+                new.sts.max_calls_per_second,
+                new.sts.min_calls_per_second,
+                new.sts.adaptive_rate,
+                self.upstream.load().limiter.current(),
+            );
+            self.metrics.set_sts_rate(limiter.current());
             self.upstream.store(Arc::new(Upstream {
-                sts,
-                limiter: RateLimiter::new(new.sts.max_calls_per_second),
+                sts: sts.with_metrics(Arc::clone(&self.metrics)),
+                limiter,
             }));
         }
         for w in &new.warnings {
@@ -493,7 +566,7 @@ impl Broker {
         self.cache.set_min_remaining(new.refresh.min_remaining);
         self.config.store(Arc::clone(&new));
         let old = self.state.load_full().roles.clone();
-        self.apply_roles(&new, &old).await;
+        self.apply_roles(&new, &old, Duration::ZERO).await;
         tracing::info!(roles = new.roles.len(), "configuration reloaded");
         Ok(())
     }

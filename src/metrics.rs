@@ -17,12 +17,17 @@
 //! | `sts_broker_audit_records_total` | counter | outcome (written, dropped) |
 //! | `sts_broker_rate_limited_total` | counter | endpoint |
 //! | `sts_broker_source_refused_total` | counter | endpoint |
+//! | `sts_broker_sts_endpoint_calls_total` | counter | sts_endpoint, outcome |
+//! | `sts_broker_sts_endpoint_duration_seconds` | histogram | sts_endpoint |
+//! | `sts_broker_sts_endpoint_healthy` | gauge | sts_endpoint |
+//! | `sts_broker_sts_call_rate` | gauge | — |
+//! | `sts_broker_revocations_total` | counter | role |
 
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::creds::{Credentials, FetchError};
@@ -44,6 +49,11 @@ pub struct Metrics {
     audit: IntCounterVec,
     rate_limited: IntCounterVec,
     source_refused: IntCounterVec,
+    endpoint_calls: IntCounterVec,
+    endpoint_duration: HistogramVec,
+    endpoint_healthy: IntGaugeVec,
+    sts_rate: Gauge,
+    revocations: IntCounterVec,
 }
 
 const NS: &str = "sts_broker";
@@ -136,6 +146,53 @@ impl Metrics {
             &["endpoint"],
         )
         .expect("valid metric");
+        let endpoint_calls = IntCounterVec::new(
+            Opts::new(
+                "sts_endpoint_calls_total",
+                "Attempts per STS endpoint by outcome (failover and hedges included)",
+            )
+            .namespace(NS),
+            &["sts_endpoint", "outcome"],
+        )
+        .expect("valid metric");
+        let endpoint_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sts_endpoint_duration_seconds",
+                "Latency of attempts per STS endpoint",
+            )
+            .namespace(NS)
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["sts_endpoint"],
+        )
+        .expect("valid metric");
+        let endpoint_healthy = IntGaugeVec::new(
+            Opts::new(
+                "sts_endpoint_healthy",
+                "1 while an STS endpoint is in use, 0 while it rests after repeated failures",
+            )
+            .namespace(NS),
+            &["sts_endpoint"],
+        )
+        .expect("valid metric");
+        let sts_rate = Gauge::with_opts(
+            Opts::new(
+                "sts_call_rate",
+                "Current broker-wide STS call rate (calls per second; lowered by Throttling)",
+            )
+            .namespace(NS),
+        )
+        .expect("valid metric");
+        let revocations = IntCounterVec::new(
+            Opts::new(
+                "revocations_total",
+                "Roles whose held credentials a revoke_before dropped (then re-assumed)",
+            )
+            .namespace(NS),
+            &["role"],
+        )
+        .expect("valid metric");
         let ready = IntGauge::with_opts(
             Opts::new(
                 "ready",
@@ -156,6 +213,11 @@ impl Metrics {
             Box::new(audit.clone()),
             Box::new(rate_limited.clone()),
             Box::new(source_refused.clone()),
+            Box::new(endpoint_calls.clone()),
+            Box::new(endpoint_duration.clone()),
+            Box::new(endpoint_healthy.clone()),
+            Box::new(sts_rate.clone()),
+            Box::new(revocations.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -176,12 +238,43 @@ impl Metrics {
             audit,
             rate_limited,
             source_refused,
+            endpoint_calls,
+            endpoint_duration,
+            endpoint_healthy,
+            sts_rate,
+            revocations,
         }
     }
 
     /// Counts a request refused because its peer is outside `allowed_sources`.
     pub fn observe_source_refused(&self, endpoint: &str) {
         self.source_refused.with_label_values(&[endpoint]).inc();
+    }
+
+    /// Counts a role whose credentials a `revoke_before` dropped.
+    pub fn observe_revocation(&self, role: &str) {
+        self.revocations.with_label_values(&[role]).inc();
+    }
+
+    /// Counts one attempt on an STS endpoint (`outcome`: ok or an error class).
+    pub fn observe_endpoint_call(&self, endpoint: &str, outcome: &str, took: Duration) {
+        self.endpoint_calls
+            .with_label_values(&[endpoint, outcome])
+            .inc();
+        self.endpoint_duration
+            .with_label_values(&[endpoint])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn set_endpoint_healthy(&self, endpoint: &str, healthy: bool) {
+        self.endpoint_healthy
+            .with_label_values(&[endpoint])
+            .set(i64::from(healthy));
+    }
+
+    /// The broker-wide STS call rate now in force.
+    pub fn set_sts_rate(&self, calls_per_second: f64) {
+        self.sts_rate.set(calls_per_second);
     }
 
     /// Counts a request refused by the per-peer rate limit.

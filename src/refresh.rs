@@ -15,7 +15,6 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use rand::Rng;
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CacheError, CredentialCache, Fetch, RoleSlot};
@@ -24,6 +23,7 @@ use crate::creds::{Credentials, ErrorClass, FetchError};
 use crate::metrics::Metrics;
 use crate::source;
 use crate::sts::Sts;
+use crate::sts::rate::AdaptiveRate;
 
 /// When to refresh credentials issued at `issued` that expire at `expiration`.
 ///
@@ -72,39 +72,12 @@ pub fn backoff(failures: u32, class: ErrorClass, cfg: &RefreshConfig, u: f64) ->
     jittered.clamp(cfg.backoff_min, cfg.backoff_max)
 }
 
-/// Spaces STS calls broker-wide: each call takes the next free slot `1 / rate` after the
-/// previous one, so a burst (start-up prefetch of many roles) is spread, not dropped.
-#[derive(Debug)]
-pub struct RateLimiter {
-    interval: Duration,
-    next: Mutex<tokio::time::Instant>,
-}
-
-impl RateLimiter {
-    pub fn new(calls_per_second: f64) -> RateLimiter {
-        RateLimiter {
-            interval: Duration::from_secs_f64(1.0 / calls_per_second),
-            next: Mutex::new(tokio::time::Instant::now()),
-        }
-    }
-
-    /// Waits for this call's slot.
-    pub async fn acquire(&self) {
-        let slot = {
-            let mut next = self.next.lock().await;
-            let slot = (*next).max(tokio::time::Instant::now());
-            *next = slot + self.interval;
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
-    }
-}
-
 /// What the fetch function needs; swapped whole on reload.
 #[derive(Debug)]
 pub struct Upstream {
     pub sts: Sts,
-    pub limiter: RateLimiter,
+    /// Broker-wide call rate (adaptive under Throttling when configured).
+    pub limiter: AdaptiveRate,
 }
 
 /// Builds the cache's fetch function: back-off gate, rate limit, STS call, checks on what
@@ -164,11 +137,17 @@ pub fn fetcher(
                 // The SDK call's future is large (~6 KB); boxing it (and the input
                 // gathering) keeps the thousands of fetches that wait for their rate-limit
                 // slot at start-up small.
-                let inputs = Box::pin(source::gather_inputs(&slot.config, signer)).await?;
+                let mut inputs = Box::pin(source::gather_inputs(&slot.config, signer)).await?;
+                // Cold: a client waits for this call, so it may be hedged.
+                inputs.cold = Box::pin(cache.peek(&slot.key))
+                    .await
+                    .is_none_or(|s| !s.servable(SystemTime::now()));
                 upstream.limiter.acquire().await;
                 let started = Instant::now();
-                let result = Box::pin(upstream.sts.obtain(&slot.config, inputs))
-                    .await
+                let sent = tokio::time::Instant::now();
+                let obtained = Box::pin(upstream.sts.obtain(&slot.config, inputs)).await;
+                adapt_rate(&upstream.limiter, &obtained, sent, &metrics);
+                let result = obtained
                     .and_then(|c| c.validated(slot.config.spec.duration, SystemTime::now()))
                     .and_then(|c| check_lifetime(c, config.refresh.min_remaining));
                 metrics.observe_sts_call(role, api, &result, started.elapsed());
@@ -227,6 +206,33 @@ pub fn fetcher(
     })
 }
 
+/// Feeds a call's outcome to the adaptive rate: Throttling lowers it, a success lets it
+/// recover; the gauge follows.
+fn adapt_rate(
+    limiter: &AdaptiveRate,
+    result: &Result<Credentials, FetchError>,
+    sent: tokio::time::Instant,
+    metrics: &Metrics,
+) {
+    let changed = match result {
+        Ok(_) => limiter.succeeded(),
+        Err(e) if e.class == ErrorClass::Throttled => {
+            let r = limiter.throttled(sent);
+            if let Some(rate) = r {
+                tracing::warn!(
+                    calls_per_second = rate,
+                    "STS throttles: lowering the broker's call rate"
+                );
+            }
+            r
+        }
+        Err(_) => None,
+    };
+    if let Some(rate) = changed {
+        metrics.set_sts_rate(rate);
+    }
+}
+
 /// Credentials that are already too close to expiry are a failure, not a success.
 fn check_lifetime(c: Credentials, min_remaining: Duration) -> Result<Credentials, FetchError> {
     let left = c
@@ -249,15 +255,26 @@ fn check_lifetime(c: Credentials, min_remaining: Duration) -> Result<Credentials
 
 /// Keeps one role's credentials fresh until `cancel` fires.
 ///
-/// Prefetched roles start at once; lazy (`prefetch = false`) roles wait for their first
-/// request to succeed, then are kept warm the same way.
+/// Prefetched roles start after `first_delay` (the role's share of `startup_spread`, zero
+/// after start-up); lazy (`prefetch = false`) roles wait for their first request to
+/// succeed, then are kept warm the same way.
 pub async fn role_loop(
     cache: Arc<CredentialCache>,
     slot: Arc<RoleSlot>,
     config: Arc<ArcSwap<Config>>,
     cancel: CancellationToken,
+    first_delay: Duration,
 ) {
-    if !slot.config.spec.prefetch {
+    if slot.config.spec.prefetch {
+        if !first_delay.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(first_delay) => {}
+                // A client got there first (cold fetch) or a forced refresh: schedule now.
+                () = slot.wake.notified() => {}
+                () = cancel.cancelled() => return,
+            }
+        }
+    } else {
         tokio::select! {
             () = slot.wake.notified() => {}
             () = cancel.cancelled() => return,

@@ -124,7 +124,7 @@ fn backoff_grows_jitters_and_caps() {
 
 #[tokio::test(start_paused = true)]
 async fn rate_limiter_spreads_a_burst() {
-    let limiter = Arc::new(RateLimiter::new(10.0));
+    let limiter = Arc::new(crate::sts::rate::AdaptiveRate::new(10.0, 10.0, false));
     let start = tokio::time::Instant::now();
     let mut handles = Vec::new();
     for _ in 0..20 {

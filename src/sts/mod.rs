@@ -5,9 +5,14 @@
 //! Errors are classified once ([`classify`]) into an [`ErrorClass`] so that back-off and the
 //! 503 body know whether a retry can help.
 //!
-//! SDK retries are off: the refresh scheduler owns retries and back-off, and a cold request
-//! is bounded by `[sts].timeout` alone.
+//! SDK retries are off: the refresh scheduler owns retries and back-off, failover to the next
+//! endpoint happens here ([`endpoints`]), and a cold request is bounded by `[sts].timeout`
+//! alone. The broker-wide call rate is [`rate`].
 
+pub mod endpoints;
+pub mod rate;
+
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_config::BehaviorVersion;
@@ -18,9 +23,12 @@ use aws_sdk_sts::config::Region;
 use aws_sdk_sts::config::http::HttpResponse;
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::types::Tag;
+use futures_util::future::BoxFuture;
 
-use crate::config::{RoleConfig, RoleKind, StsConfig};
+use crate::config::{EndpointTarget, RoleConfig, RoleKind, StsConfig};
 use crate::creds::{Credentials, ErrorClass, FetchError, Secret};
+use crate::metrics::Metrics;
+use endpoints::{EndpointSet, Verdict, is_endpoint_failure};
 
 /// STS API names, used as the `api` metric label.
 pub const API_ASSUME_ROLE: &str = "AssumeRole";
@@ -30,10 +38,22 @@ pub const API_GET_FEDERATION_TOKEN: &str = "GetFederationToken";
 pub const API_ASSUME_ROLE_WITH_SAML: &str = "AssumeRoleWithSAML";
 pub const API_GET_CALLER_IDENTITY: &str = "GetCallerIdentity";
 
-/// An STS client for one `[sts]` + `[source]` configuration.
+/// One STS endpoint: a client bound to its URL and signing region.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// URL as logs, metrics and `check` show it.
+    pub label: String,
+    client: aws_sdk_sts::Client,
+}
+
+/// An STS client for one `[sts]` + `[source]` configuration: every endpoint, their health,
+/// and the failover loop.
 #[derive(Clone, Debug)]
 pub struct Sts {
-    client: aws_sdk_sts::Client,
+    set: Arc<EndpointSet<Endpoint>>,
+    timeout: Duration,
+    hedge_after: Option<Duration>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Loads the shared AWS config (region chain, profile) that both the STS client and the
@@ -60,37 +80,140 @@ pub(crate) fn https_client() -> aws_sdk_sts::config::SharedHttpClient {
         .build_https()
 }
 
+/// The endpoint order of `sts` for the region the AWS config chain resolved.
+///
+/// # Errors
+/// No region anywhere, or failover regions outside the region's partition.
+pub fn endpoint_targets(
+    base: &aws_config::SdkConfig,
+    sts: &StsConfig,
+) -> Result<Vec<EndpointTarget>, String> {
+    let Some(region) = base.region() else {
+        return Err(
+            "no AWS region: set [sts].region or AWS_REGION (the AWS config chain found none)"
+                .to_string(),
+        );
+    };
+    sts.targets(region.as_ref())
+        .map_err(|problems| format!("[sts] failover_regions: {}", problems.join("; ")))
+}
+
 impl Sts {
     /// Builds a client that signs with `credentials` (or with none: web identity calls are
-    /// unsigned).
+    /// unsigned), one SDK client per endpoint.
     ///
     /// # Errors
-    /// When no region is configured and the AWS config chain provides none either.
+    /// When no region is configured and the AWS config chain provides none either, or the
+    /// failover regions do not fit the region.
     pub fn new(
         base: &aws_config::SdkConfig,
         sts: &StsConfig,
         credentials: Option<SharedCredentialsProvider>,
     ) -> Result<Sts, String> {
-        if base.region().is_none() {
-            return Err(
-                "no AWS region: set [sts].region or AWS_REGION (the AWS config chain found none)"
-                    .to_string(),
-            );
-        }
-        let mut builder = aws_sdk_sts::config::Builder::from(base)
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .operation_timeout(sts.timeout)
-                    .connect_timeout(sts.timeout.min(Duration::from_secs(3)))
-                    .build(),
-            );
-        if let Some(endpoint) = &sts.endpoint {
-            builder = builder.endpoint_url(endpoint);
-        }
-        builder.set_credentials_provider(credentials);
+        let targets = endpoint_targets(base, sts)?;
+        let endpoints = targets
+            .iter()
+            .map(|t| {
+                let mut builder = aws_sdk_sts::config::Builder::from(base)
+                    .region(Region::new(t.region.clone()))
+                    .retry_config(RetryConfig::disabled())
+                    .timeout_config(
+                        TimeoutConfig::builder()
+                            .operation_timeout(sts.timeout)
+                            .connect_timeout(sts.timeout.min(Duration::from_secs(3)))
+                            .build(),
+                    );
+                if let Some(url) = &t.url {
+                    builder = builder.endpoint_url(url);
+                }
+                builder.set_credentials_provider(credentials.clone());
+                Endpoint {
+                    label: t.label(),
+                    client: aws_sdk_sts::Client::from_conf(builder.build()),
+                }
+            })
+            .collect();
         Ok(Sts {
-            client: aws_sdk_sts::Client::from_conf(builder.build()),
+            set: Arc::new(EndpointSet::new(
+                endpoints,
+                sts.unhealthy_after,
+                sts.cooldown,
+                sts.timeout,
+            )),
+            timeout: sts.timeout,
+            hedge_after: sts.hedge_after,
+            metrics: None,
+        })
+    }
+
+    /// Reports per-endpoint calls, latency and health into `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Sts {
+        for (i, e) in self.set.endpoints().iter().enumerate() {
+            metrics.set_endpoint_healthy(&e.label, self.set.healthy(i));
+        }
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The endpoints in the order calls try them (labels).
+    pub fn endpoint_labels(&self) -> Vec<String> {
+        self.set
+            .endpoints()
+            .iter()
+            .map(|e| e.label.clone())
+            .collect()
+    }
+
+    /// One attempt on endpoint `i` within `budget`: health and metrics recorded here.
+    async fn attempt<T>(
+        &self,
+        i: usize,
+        budget: Duration,
+        call: impl std::future::Future<Output = Result<T, FetchError>>,
+    ) -> Result<T, FetchError> {
+        let endpoint = &self.set.endpoints()[i];
+        let started = tokio::time::Instant::now();
+        let result = match tokio::time::timeout(budget, call).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::new(
+                ErrorClass::Transient,
+                None,
+                format!(
+                    "STS call timed out after {} ms (its share of [sts].timeout)",
+                    budget.as_millis()
+                ),
+            )),
+        };
+        let verdict = match &result {
+            Err(e) if is_endpoint_failure(e) => Verdict::Failed,
+            _ => Verdict::Answered,
+        };
+        let now = tokio::time::Instant::now();
+        let change = self.set.record(i, verdict, now);
+        if let Some(m) = &self.metrics {
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(e) => e.class.as_str(),
+            };
+            m.observe_endpoint_call(&endpoint.label, outcome, now.duration_since(started));
+            if let Some(healthy) = change {
+                m.set_endpoint_healthy(&endpoint.label, healthy);
+            }
+        }
+        match change {
+            Some(false) => tracing::warn!(
+                endpoint = %endpoint.label,
+                "STS endpoint failing: skipped for the cool-down, then probed again"
+            ),
+            Some(true) => tracing::info!(endpoint = %endpoint.label, "STS endpoint answers again"),
+            None => {}
+        }
+        result.map_err(|mut e| {
+            if verdict == Verdict::Failed {
+                e.message = format!("{} (endpoint {})", e.message, endpoint.label);
+            }
+            e
         })
     }
 
@@ -107,7 +230,7 @@ impl Sts {
 
     /// A client like this one that signs with `creds` (role chaining: the source role's
     /// credentials). No identity cache: the credentials are already at hand.
-    fn signing_with(&self, creds: &Credentials) -> aws_sdk_sts::Client {
+    fn signing_with(client: &aws_sdk_sts::Client, creds: &Credentials) -> aws_sdk_sts::Client {
         let provider = aws_credential_types::Credentials::new(
             creds.access_key_id.clone(),
             creds.secret_access_key.expose(),
@@ -115,8 +238,7 @@ impl Sts {
             Some(creds.expiration),
             "sts-broker-source-role",
         );
-        let conf = self
-            .client
+        let conf = client
             .config()
             .to_builder()
             .credentials_provider(provider)
@@ -135,7 +257,15 @@ impl Sts {
         role: &RoleConfig,
         inputs: CallInputs,
     ) -> Result<Credentials, FetchError> {
-        self.call(role, inputs)
+        let hedge = if inputs.cold { self.hedge_after } else { None };
+        let inputs = &inputs;
+        let attempt =
+            |i: usize, budget: Duration| -> BoxFuture<'_, Result<Credentials, FetchError>> {
+                let client = &self.set.endpoints()[i].client;
+                Box::pin(self.attempt(i, budget, Self::call(client, role, inputs)))
+            };
+        self.set
+            .run(self.timeout, hedge, &attempt)
             .await
             .map_err(|e| explain_denial(e, role))
     }
@@ -146,12 +276,17 @@ impl Sts {
     /// # Errors
     /// A classified [`FetchError`] (no credentials, STS unreachable, …).
     pub async fn caller_identity(&self) -> Result<CallerIdentity, FetchError> {
-        let out = self
-            .client
-            .get_caller_identity()
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
+        let attempt = |i: usize, budget: Duration| -> BoxFuture<'_, _> {
+            let client = &self.set.endpoints()[i].client;
+            Box::pin(self.attempt(i, budget, async move {
+                client
+                    .get_caller_identity()
+                    .send()
+                    .await
+                    .map_err(|e| classify(&e))
+            }))
+        };
+        let out = self.set.run(self.timeout, None, &attempt).await?;
         match (out.arn(), out.account()) {
             (Some(arn), Some(account)) if !arn.is_empty() => Ok(CallerIdentity {
                 arn: arn.to_string(),
@@ -166,7 +301,11 @@ impl Sts {
     }
 
     /// One STS call of `role`'s kind; errors classified, not yet explained.
-    async fn call(&self, role: &RoleConfig, inputs: CallInputs) -> Result<Credentials, FetchError> {
+    async fn call(
+        client: &aws_sdk_sts::Client,
+        role: &RoleConfig,
+        inputs: &CallInputs,
+    ) -> Result<Credentials, FetchError> {
         let spec = &role.spec;
         let duration = i32::try_from(spec.duration.as_secs()).unwrap_or(i32::MAX);
         let policy_arns = policy_descriptors(&spec.policy_arns);
@@ -190,10 +329,10 @@ impl Sts {
                 let chained;
                 let client = match &inputs.signer {
                     Some(creds) => {
-                        chained = self.signing_with(creds);
+                        chained = Self::signing_with(client, creds);
                         &chained
                     }
-                    None => &self.client,
+                    None => client,
                 };
                 let out = client
                     .assume_role()
@@ -219,9 +358,9 @@ impl Sts {
             RoleKind::WebIdentity { .. } => {
                 let token = inputs
                     .web_identity_token
+                    .as_ref()
                     .ok_or_else(|| missing("web identity token"))?;
-                let out = self
-                    .client
+                let out = client
                     .assume_role_with_web_identity()
                     .role_arn(arn)
                     .role_session_name(session_name)
@@ -238,17 +377,19 @@ impl Sts {
                 )
             }
             RoleKind::SessionToken { mfa } => {
-                let mut call = self.client.get_session_token().duration_seconds(duration);
+                let mut call = client.get_session_token().duration_seconds(duration);
                 if let Some(mfa) = mfa {
-                    let code = inputs.mfa_code.ok_or_else(|| missing("MFA code"))?;
+                    let code = inputs
+                        .mfa_code
+                        .as_ref()
+                        .ok_or_else(|| missing("MFA code"))?;
                     call = call.serial_number(&mfa.serial).token_code(code.expose());
                 }
                 let out = call.send().await.map_err(|e| classify(&e))?;
                 convert(out.credentials(), None)
             }
             RoleKind::FederationToken { name, tags } => {
-                let out = self
-                    .client
+                let out = client
                     .get_federation_token()
                     .name(name)
                     .duration_seconds(duration)
@@ -266,9 +407,9 @@ impl Sts {
             RoleKind::Saml { principal_arn, .. } => {
                 let assertion = inputs
                     .saml_assertion
+                    .as_ref()
                     .ok_or_else(|| missing("SAML assertion"))?;
-                let out = self
-                    .client
+                let out = client
                     .assume_role_with_saml()
                     .role_arn(arn)
                     .principal_arn(principal_arn)
@@ -297,19 +438,25 @@ impl Sts {
         session_name: &str,
         token: &Secret,
     ) -> Result<Credentials, FetchError> {
-        let out = self
-            .client
-            .assume_role_with_web_identity()
-            .role_arn(role_arn)
-            .role_session_name(session_name)
-            .web_identity_token(token.expose())
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
-        convert(
-            out.credentials(),
-            out.assumed_role_user().map(|u| u.arn().to_string()),
-        )
+        let attempt =
+            |i: usize, budget: Duration| -> BoxFuture<'_, Result<Credentials, FetchError>> {
+                let client = &self.set.endpoints()[i].client;
+                Box::pin(self.attempt(i, budget, async move {
+                    let out = client
+                        .assume_role_with_web_identity()
+                        .role_arn(role_arn)
+                        .role_session_name(session_name)
+                        .web_identity_token(token.expose())
+                        .send()
+                        .await
+                        .map_err(|e| classify(&e))?;
+                    convert(
+                        out.credentials(),
+                        out.assumed_role_user().map(|u| u.arn().to_string()),
+                    )
+                }))
+            };
+        self.set.run(self.timeout, None, &attempt).await
     }
 }
 
@@ -348,6 +495,8 @@ pub struct CallInputs {
     pub web_identity_token: Option<Secret>,
     pub mfa_code: Option<Secret>,
     pub saml_assertion: Option<Secret>,
+    /// A client is waiting (nothing cached): the call may be hedged (`hedge_after`).
+    pub cold: bool,
 }
 
 fn policy_descriptors(arns: &[String]) -> Option<Vec<aws_sdk_sts::types::PolicyDescriptorType>> {
