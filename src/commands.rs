@@ -24,6 +24,7 @@ pub fn check_summary(config: &Config) -> String {
         config.sts.endpoint.as_deref().unwrap_or("default endpoint"),
         config.sts.region.as_deref().unwrap_or("from the AWS chain"),
     );
+    write_sts_plan(&mut out, config);
     let _ = writeln!(
         out,
         "ecs: {}{}  admin: {}{}",
@@ -208,6 +209,77 @@ table {NFT_TABLE} {{
 ",
         listed = listed.join("\n"),
     ))
+}
+
+/// The STS endpoint order, the call rate and fleet settings: what an operator checks before
+/// a rollout.
+fn write_sts_plan(out: &mut String, config: &Config) {
+    let sts = &config.sts;
+    match &sts.region {
+        Some(region) => match sts.targets(region) {
+            Ok(targets) => {
+                let _ = writeln!(out, "sts endpoints, in the order calls try them:");
+                for (i, t) in targets.iter().enumerate() {
+                    let _ = writeln!(out, "  {}. {} (signs for {})", i + 1, t.label(), t.region);
+                }
+            }
+            Err(problems) => {
+                let _ = writeln!(out, "sts endpoints: {}", problems.join("; "));
+            }
+        },
+        None => {
+            let _ = writeln!(
+                out,
+                "sts endpoints: the AWS chain's region first, then {}",
+                if sts.endpoints.is_empty() && sts.failover_regions.is_empty() {
+                    "no failover".to_string()
+                } else if sts.endpoints.is_empty() {
+                    format!("regions {}", sts.failover_regions.join(", "))
+                } else {
+                    sts.endpoints.join(", ")
+                }
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "sts calls: timeout {} per call (all endpoints), at most {}/s, adaptive rate {}, \
+         endpoint skipped after {} failures for {}, hedge {}",
+        humantime::format_duration(sts.timeout),
+        sts.max_calls_per_second,
+        if sts.adaptive_rate {
+            format!("on (floor {}/s)", sts.min_calls_per_second)
+        } else {
+            "off".to_string()
+        },
+        sts.unhealthy_after,
+        humantime::format_duration(sts.cooldown),
+        sts.hedge_after.map_or("off".to_string(), |h| format!(
+            "after {}",
+            humantime::format_duration(h)
+        )),
+    );
+    let r = &config.refresh;
+    if !r.startup_spread.is_zero() || r.revoke_before.is_some() {
+        let _ = writeln!(
+            out,
+            "refresh: startup spread {}, revoke_before {}",
+            humantime::format_duration(r.startup_spread),
+            r.revoke_before
+                .map_or("none".to_string(), |t| humantime::format_rfc3339_seconds(t)
+                    .to_string()),
+        );
+    }
+    for role in &config.roles {
+        if let Some(t) = role.revoke_before {
+            let _ = writeln!(
+                out,
+                "role {:?}: revoke_before {}",
+                role.name,
+                humantime::format_rfc3339_seconds(t)
+            );
+        }
+    }
 }
 
 fn join_addrs(addrs: &[SocketAddr]) -> String {

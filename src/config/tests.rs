@@ -804,3 +804,97 @@ fn imds_role_is_required_only_without_local_users() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn fleet_settings_parse_with_defaults() {
+    let c = parse(&role("")).unwrap();
+    assert!(c.sts.adaptive_rate, "adaptive rate is on by default");
+    assert_eq!(c.sts.unhealthy_after, DEFAULT_UNHEALTHY_AFTER);
+    assert_eq!(c.sts.cooldown, DEFAULT_COOLDOWN);
+    assert_eq!(c.sts.hedge_after, None);
+    assert_eq!(c.refresh.startup_spread, Duration::ZERO);
+    assert_eq!(c.refresh.revoke_before, None);
+    assert_eq!(c.sts.targets("us-east-1").unwrap().len(), 1);
+
+    let text = format!(
+        r#"{BASE}
+failover_regions = ["us-east-2", "us-west-2"]
+hedge_after = "1500ms"
+adaptive_rate = false
+min_calls_per_second = 0.5
+unhealthy_after = 2
+cooldown = "10s"
+[refresh]
+startup_spread = "2m"
+revoke_before = "2026-11-29T12:00:00Z"
+[[role]]
+name = "app"
+arn = "arn:aws:iam::123456789012:role/app"
+tokens = ["tok-0123456789abcdef"]
+revoke_before = "2026-11-29T14:00:00+02:00"
+"#
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.sts.failover_regions, ["us-east-2", "us-west-2"]);
+    assert_eq!(c.sts.hedge_after, Some(Duration::from_millis(1500)));
+    assert!(!c.sts.adaptive_rate);
+    assert_eq!(c.sts.unhealthy_after, 2);
+    assert_eq!(c.sts.cooldown, Duration::from_secs(10));
+    assert_eq!(c.refresh.startup_spread, Duration::from_secs(120));
+    let noon = humantime::parse_rfc3339("2026-11-29T12:00:00Z").unwrap();
+    assert_eq!(c.refresh.revoke_before, Some(noon));
+    assert_eq!(c.roles[0].revoke_before, Some(noon));
+    let labels: Vec<String> = c
+        .sts
+        .targets("us-east-1")
+        .unwrap()
+        .iter()
+        .map(EndpointTarget::label)
+        .collect();
+    assert_eq!(labels[2], "https://sts.us-west-2.amazonaws.com");
+}
+
+#[test]
+fn fleet_settings_report_every_problem() {
+    let text = r#"
+[sts]
+region = "us-east-1"
+endpoint = "https://vpce-1.sts.us-east-1.vpce.amazonaws.com"
+endpoints = ["https://sts.us-east-2.amazonaws.com", "sts.eu-west-1.amazonaws.com"]
+hedge_after = "0s"
+unhealthy_after = 0
+[refresh]
+revoke_before = "2026-11-29 12:00"
+"#;
+    let errs = errors(text);
+    let want = [
+        ("[sts]: key \"endpoints\"", "not both"),
+        ("[sts]: key \"endpoints\"", "must be a URL"),
+        ("[sts]: key \"hedge_after\"", "greater than zero"),
+        ("[sts]: key \"unhealthy_after\"", "at least 1"),
+        ("[refresh]: key \"revoke_before\"", "RFC 3339"),
+    ];
+    for (key, msg) in want {
+        assert!(
+            errs.iter().any(|e| e.contains(key) && e.contains(msg)),
+            "{key} {msg}: {errs:#?}"
+        );
+    }
+    let cross = errors(&format!(
+        "{BASE}failover_regions = [\"cn-north-1\"]\n[[role]]\nname = \"app\"\narn = \"arn:aws:iam::123456789012:role/app\"\ntokens = [\"tok-0123456789abcdef\"]\n"
+    ));
+    assert!(
+        cross
+            .iter()
+            .any(|e| e.contains("failover_regions") && e.contains("aws-cn")),
+        "{cross:?}"
+    );
+    let lonely_hedge = errors(&role("").replace(
+        "region = \"us-east-1\"",
+        "region = \"us-east-1\"\nhedge_after = \"1s\"",
+    ));
+    assert!(
+        lonely_hedge.iter().any(|e| e.contains("second endpoint")),
+        "{lonely_hedge:?}"
+    );
+}
