@@ -9,15 +9,16 @@
 //!   budget, so a flood on one leaves the admin endpoint reachable.
 //! - Idle keep-alive connections are closed when no new request head arrives within the
 //!   header read timeout (hyper's timer also covers the wait for the next request).
-//! - Optionally, a per-peer request rate limit (token bucket per IP): beyond it, 429.
+//! - Optionally, a per-peer request rate limit (GCRA per IP, `governor`): beyond it, 429.
 //! - On shutdown the listener closes at once; open connections finish the request in
 //!   progress and are then closed (hyper-util `GracefulShutdown`).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -100,16 +101,13 @@ impl Limits {
     }
 }
 
-/// A token bucket per peer IP: `rate` requests per second, bursts of `2 × rate`.
+/// A request rate per peer IP: `rate` requests per second, bursts of `2 × rate`. Each peer
+/// gets a GCRA limiter (`governor`) in a bounded cache, so a flood of source addresses
+/// cannot grow memory without bound (least recently seen peers are forgotten first).
 pub struct PeerLimiter {
     rate: f64,
-    burst: f64,
-    buckets: moka::sync::Cache<IpAddr, Arc<std::sync::Mutex<Bucket>>>,
-}
-
-struct Bucket {
-    tokens: f64,
-    last: Instant,
+    quota: governor::Quota,
+    peers: moka::sync::Cache<IpAddr, Arc<governor::DefaultDirectRateLimiter>>,
 }
 
 impl std::fmt::Debug for PeerLimiter {
@@ -122,35 +120,27 @@ impl std::fmt::Debug for PeerLimiter {
 
 impl PeerLimiter {
     pub fn new(rate: f64) -> PeerLimiter {
+        let burst = NonZeroU32::new((rate * 2.0).round().clamp(1.0, f64::from(u32::MAX)) as u32)
+            .unwrap_or(NonZeroU32::MIN);
+        let quota = governor::Quota::with_period(Duration::from_secs_f64(1.0 / rate))
+            .expect("validated: rate is positive and finite")
+            .allow_burst(burst);
         PeerLimiter {
             rate,
-            burst: (rate * 2.0).max(1.0),
-            buckets: moka::sync::Cache::builder()
+            quota,
+            peers: moka::sync::Cache::builder()
                 .max_capacity(RATE_LIMIT_PEERS)
                 .time_to_idle(Duration::from_secs(60))
                 .build(),
         }
     }
 
-    /// Takes a token for `ip`; false when its bucket is empty.
+    /// Takes one request's worth of `ip`'s quota; false when it is spent.
     pub fn allow(&self, ip: IpAddr) -> bool {
-        let bucket = self.buckets.get_with(ip, || {
-            Arc::new(std::sync::Mutex::new(Bucket {
-                tokens: self.burst,
-                last: Instant::now(),
-            }))
-        });
-        let mut b = bucket.lock().expect("bucket lock poisoned");
-        let now = Instant::now();
-        b.tokens =
-            (b.tokens + now.duration_since(b.last).as_secs_f64() * self.rate).min(self.burst);
-        b.last = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.peers
+            .get_with(ip, || Arc::new(governor::RateLimiter::direct(self.quota)))
+            .check()
+            .is_ok()
     }
 }
 
@@ -686,5 +676,21 @@ mod tests {
         for (host, want, docs) in cases {
             assert_eq!(host_allowed(&req(host), &allowed), want, "{docs}");
         }
+    }
+}
+
+#[cfg(test)]
+mod peer_limit_tests {
+    use super::*;
+
+    #[test]
+    fn each_peer_gets_a_burst_of_twice_the_rate_then_429() {
+        let l = PeerLimiter::new(5.0);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "2001:db8::1".parse().unwrap();
+        let allowed = (0..20).filter(|_| l.allow(a)).count();
+        // A burst of 10 (plus at most one more if the clock ticked 200 ms meanwhile).
+        assert!((10..=11).contains(&allowed), "{allowed}");
+        assert!(l.allow(b), "another peer has its own quota");
     }
 }
