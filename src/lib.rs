@@ -358,20 +358,29 @@ impl Broker {
     /// moment it was first seen (with a warning), and stays that moment on later reloads, so
     /// re-sending the same config does not revoke again.
     fn revoke_instant(&self, config: &Config, role: &config::RoleConfig) -> Option<SystemTime> {
-        let t = config.refresh.revoke_before.max(role.revoke_before)?;
+        let broker_wide = config
+            .refresh
+            .revoke_before
+            .map(|t| self.clamp_revoke(t, "[refresh]"));
+        let own = role.revoke_before.map(|t| self.clamp_revoke(t, &role.name));
+        broker_wide.max(own)
+    }
+
+    /// `t`, or the moment it was first seen when it is ahead of the clock.
+    fn clamp_revoke(&self, t: SystemTime, whose: &str) -> SystemTime {
         let now = SystemTime::now();
         if t <= now {
-            return Some(t);
+            return t;
         }
         let mut seen = self.revoke_clamp.lock().expect("revoke lock");
-        Some(*seen.entry(t).or_insert_with(|| {
+        *seen.entry(t).or_insert_with(|| {
             tracing::warn!(
-                role = %role.name,
+                whose,
                 revoke_before = %humantime::format_rfc3339_seconds(t),
                 "revoke_before is ahead of this machine's clock: revoking what is held now"
             );
             now
-        }))
+        })
     }
 
     /// Makes the snapshot match `config.roles`: keeps the slot (and cached credentials) of

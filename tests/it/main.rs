@@ -9,6 +9,7 @@ mod audit;
 mod clients;
 mod ecs;
 mod fake_sts;
+mod fleet;
 mod fuzz;
 mod hardening;
 mod hardening2;

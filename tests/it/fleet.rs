@@ -1,0 +1,285 @@
+//! Fleet behaviour (DESIGN §8) against two in-process fake STS endpoints: failover on a hung,
+//! failing or resetting primary within one `[sts].timeout`, the cool-down and the probe back,
+//! hedged cold requests, the adaptive call rate under Throttling, `startup_spread`, and
+//! `revoke_before` on reload. The black-holed (packet-dropping) primary is in `netns.rs`.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::fake_sts::{FakeSts, Scenario};
+use crate::helpers::*;
+
+/// `config_head` with `[sts]` calling `urls` in order, plus `sts_extra` keys.
+fn head_with_endpoints(urls: &[String], sts_extra: &str) -> String {
+    let list = urls
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    config_head(&urls[0]).replace(
+        &format!("endpoint = \"{}\"\n", urls[0]),
+        &format!("endpoints = [{list}]\n{sts_extra}\n"),
+    )
+}
+
+fn healthy_series(url: &str) -> String {
+    format!("sts_broker_sts_endpoint_healthy{{sts_endpoint=\"{url}\"}}")
+}
+
+#[tokio::test]
+async fn a_failing_primary_is_failed_over_within_the_timeout_rested_and_probed_back() {
+    let primary = FakeSts::start().await;
+    let backup = FakeSts::start().await;
+    let dir = ConfigDir::new();
+    let urls = [primary.url(), backup.url()];
+    let lazy = |n: &str| role(n, "prefetch = false");
+    let text = head_with_endpoints(&urls, "unhealthy_after = 2\ncooldown = \"1s\"")
+        + &["r1", "r2", "r3", "r4", "r5"].map(lazy).concat();
+    let broker = TestBroker::start(&dir, &text).await;
+    // `timeout = "2s"` (config_head): two endpoints get 1 s each.
+    let budget = Duration::from_secs(2);
+
+    // A hung primary: the cold request still gets 200 within the budget, from the backup.
+    primary.set_scenario(Scenario::Hang);
+    let t = Instant::now();
+    let r = broker.ecs_get("r1", Some(TOKEN)).await;
+    let took = t.elapsed();
+    assert_eq!(r.status, 200, "{}\n{}", r.body, broker.logs());
+    assert!(took < budget + Duration::from_millis(500), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "waited for the primary's share: {took:?}"
+    );
+    assert_eq!((primary.calls(), backup.calls()), (1, 1));
+
+    // A primary answering 500: failed over at once; the second failure rests it.
+    primary.set_scenario(Scenario::ServerError);
+    let t = Instant::now();
+    assert_eq!(broker.ecs_get("r2", Some(TOKEN)).await.status, 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!((primary.calls(), backup.calls()), (2, 2));
+    assert_eq!(broker.metric(&healthy_series(&urls[0])).await, Some(0.0));
+    assert_eq!(broker.metric(&healthy_series(&urls[1])).await, Some(1.0));
+
+    // Resting: the primary is not called at all.
+    assert_eq!(broker.ecs_get("r3", Some(TOKEN)).await.status, 200);
+    assert_eq!((primary.calls(), backup.calls()), (2, 3));
+
+    // Healthy again: after the cool-down one call probes it and it is the primary again.
+    primary.set_scenario(Scenario::Ok);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(broker.ecs_get("r4", Some(TOKEN)).await.status, 200);
+    assert_eq!((primary.calls(), backup.calls()), (3, 3));
+    assert_eq!(broker.metric(&healthy_series(&urls[0])).await, Some(1.0));
+    assert_eq!(broker.ecs_get("r5", Some(TOKEN)).await.status, 200);
+    assert_eq!((primary.calls(), backup.calls()), (4, 3));
+
+    let ok_backup = format!(
+        "sts_broker_sts_endpoint_calls_total{{outcome=\"ok\",sts_endpoint=\"{}\"}}",
+        urls[1]
+    );
+    assert_eq!(broker.metric(&ok_backup).await, Some(3.0));
+    let failed_primary = format!(
+        "sts_broker_sts_endpoint_calls_total{{outcome=\"transient\",sts_endpoint=\"{}\"}}",
+        urls[0]
+    );
+    assert_eq!(broker.metric(&failed_primary).await, Some(2.0));
+}
+
+#[tokio::test]
+async fn a_reset_connection_fails_over_and_access_denied_does_not() {
+    let primary = FakeSts::start().await;
+    let backup = FakeSts::start().await;
+    let dir = ConfigDir::new();
+    let urls = [primary.url(), backup.url()];
+    let text = head_with_endpoints(&urls, "")
+        + &role("a", "prefetch = false")
+        + &role("b", "prefetch = false");
+    let broker = TestBroker::start(&dir, &text).await;
+
+    primary.set_scenario(Scenario::Reset);
+    assert_eq!(broker.ecs_get("a", Some(TOKEN)).await.status, 200);
+    assert_eq!(backup.calls(), 1);
+
+    // AccessDenied is an answer, not an endpoint failure: the backup would say the same.
+    primary.set_scenario(Scenario::AccessDenied);
+    let r = broker.ecs_get("b", Some(TOKEN)).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(backup.calls(), 1, "no failover on AccessDenied");
+}
+
+#[tokio::test]
+async fn a_slow_primary_is_hedged_and_the_first_answer_wins() {
+    let primary = FakeSts::start().await;
+    let backup = FakeSts::start().await;
+    let dir = ConfigDir::new();
+    let urls = [primary.url(), backup.url()];
+    let text = head_with_endpoints(&urls, "hedge_after = \"300ms\"")
+        .replace("timeout = \"2s\"", "timeout = \"4s\"")
+        + &role("cold", "prefetch = false");
+    let broker = TestBroker::start(&dir, &text).await;
+    primary.set_delay(Duration::from_millis(2500));
+    let t = Instant::now();
+    let r = broker.ecs_get("cold", Some(TOKEN)).await;
+    let took = t.elapsed();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        took < Duration::from_millis(1500),
+        "the hedge answered, not the slow primary: {took:?}"
+    );
+    assert_eq!((primary.calls(), backup.calls()), (1, 1));
+    let key = r.json()["AccessKeyId"].as_str().unwrap().to_string();
+    assert!(key.starts_with("ASIAFAKE"), "{key}");
+}
+
+#[tokio::test]
+async fn throttling_lowers_the_broker_rate_and_successes_raise_it() {
+    let sts = FakeSts::start().await;
+    let dir = ConfigDir::new();
+    let text = config_head(&sts.url()).replace(
+        "max_calls_per_second = 200",
+        "max_calls_per_second = 20\nmin_calls_per_second = 1",
+    ) + &(0..6)
+        .map(|i| role(&format!("r{i}"), ""))
+        .collect::<String>();
+    sts.set_scenario(Scenario::Throttle);
+    let broker = TestBroker::start(&dir, &text).await;
+    let rate = "sts_broker_sts_call_rate";
+    let lowered = eventually(Duration::from_secs(10), || async {
+        broker.metric(rate).await.is_some_and(|r| r <= 5.0)
+    })
+    .await;
+    assert!(
+        lowered,
+        "rate {:?}\n{}",
+        broker.metric(rate).await,
+        broker.logs()
+    );
+    let low = broker.metric(rate).await.unwrap();
+    assert!(low >= 1.0, "never below the floor: {low}");
+
+    sts.set_scenario(Scenario::Ok);
+    broker.wait_ready(Duration::from_secs(20)).await;
+    let raised = broker.metric(rate).await.unwrap();
+    assert!(raised > low, "successes raise the rate: {low} -> {raised}");
+    assert!(raised <= 20.0);
+}
+
+#[tokio::test]
+async fn startup_spread_spreads_the_first_prefetch() {
+    let sts = FakeSts::start().await;
+    let dir = ConfigDir::new();
+    let text = config_head(&sts.url()).replace(
+        "jitter = \"0s\"",
+        "jitter = \"0s\"\nstartup_spread = \"2s\"",
+    ) + &(0..10)
+        .map(|i| role(&format!("r{i}"), ""))
+        .collect::<String>();
+    let broker = TestBroker::start(&dir, &text).await;
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while sts.calls() < 10 && Instant::now() < deadline {
+        if first.is_none() && sts.calls() > 0 {
+            first = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let last = Instant::now();
+    assert_eq!(sts.calls(), 10, "{}", broker.logs());
+    let spread = last.duration_since(first.expect("saw the first call"));
+    // Ten uniform draws over 2 s span under 0.5 s with probability < 1e-4; without the
+    // spread, the ten calls (200/s allowed) land within ~50 ms.
+    assert!(spread >= Duration::from_millis(500), "{spread:?}");
+    broker.wait_ready(Duration::from_secs(10)).await;
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[tokio::test]
+async fn revoke_before_on_reload_drops_and_reassumes_once() {
+    let sts = FakeSts::start().await;
+    let dir = ConfigDir::new();
+    let head = config_head(&sts.url());
+    let roles = role("warm", "") + &role("lazy", "prefetch = false") + &role("kept", "");
+    let broker = TestBroker::start(&dir, &(head.clone() + &roles)).await;
+    broker.wait_ready(Duration::from_secs(10)).await;
+    let key = |r: HttpResponse| r.json()["AccessKeyId"].as_str().unwrap().to_string();
+    let warm0 = key(broker.ecs_get("warm", Some(TOKEN)).await);
+    let lazy0 = key(broker.ecs_get("lazy", Some(TOKEN)).await);
+    let kept0 = key(broker.ecs_get("kept", Some(TOKEN)).await);
+    assert_eq!(sts.calls(), 3);
+
+    // Broker-wide revoke_before an hour ahead of the clock: it counts as now.
+    let ahead = rfc3339(SystemTime::now() + Duration::from_secs(3600));
+    let revoking = head.replace(
+        "[refresh]\n",
+        &format!("[refresh]\nrevoke_before = \"{ahead}\"\n"),
+    ) + &roles;
+    dir.write("config.toml", &revoking);
+    broker.signal("HUP");
+    // The prefetched roles are re-assumed at once, without a request.
+    assert!(
+        sts.wait_for_calls(5, Duration::from_secs(10)).await,
+        "{}",
+        broker.logs()
+    );
+    let revoked_warm = eventually(Duration::from_secs(10), || async {
+        broker.ecs_get("warm", Some(TOKEN)).await.json()["AccessKeyId"] != warm0.as_str()
+    })
+    .await;
+    assert!(revoked_warm);
+    assert_ne!(key(broker.ecs_get("kept", Some(TOKEN)).await), kept0);
+    assert!(broker.logs().contains("ahead of this machine's clock"));
+    // The lazy role was dropped and is assumed again only when asked.
+    assert_eq!(sts.calls(), 5, "lazy role not re-assumed before a request");
+    assert_ne!(key(broker.ecs_get("lazy", Some(TOKEN)).await), lazy0);
+    assert_eq!(sts.calls(), 6);
+    assert_eq!(
+        broker
+            .metric("sts_broker_revocations_total{role=\"lazy\"}")
+            .await,
+        Some(1.0)
+    );
+
+    // The same config again: the instant took effect at the first reload, nothing new is
+    // revoked.
+    broker.signal("HUP");
+    assert!(
+        broker
+            .wait_for_metric("sts_broker_config_reloads_total{outcome=\"ok\"}", 2.0)
+            .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sts.calls(), 6, "{}", broker.logs());
+
+    // A per-role instant revokes that role only; one older than what is held, nothing.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let now = rfc3339(SystemTime::now());
+    let per_role = revoking
+        .replace(
+            "name = \"kept\"",
+            &format!("name = \"kept\"\nrevoke_before = \"{now}\""),
+        )
+        .replace(
+            "name = \"warm\"",
+            "name = \"warm\"\nrevoke_before = \"2020-01-01T00:00:00Z\"",
+        );
+    let warm1 = key(broker.ecs_get("warm", Some(TOKEN)).await);
+    let kept1 = key(broker.ecs_get("kept", Some(TOKEN)).await);
+    dir.write("config.toml", &per_role);
+    broker.signal("HUP");
+    assert!(sts.wait_for_calls(7, Duration::from_secs(10)).await);
+    let rekept = eventually(Duration::from_secs(10), || async {
+        broker.ecs_get("kept", Some(TOKEN)).await.json()["AccessKeyId"] != kept1.as_str()
+    })
+    .await;
+    assert!(rekept);
+    assert_eq!(key(broker.ecs_get("warm", Some(TOKEN)).await), warm1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sts.calls(), 7);
+}
