@@ -348,6 +348,16 @@ impl Broker {
         self.state.load_full().unready_roles(&self.cache).await
     }
 
+    /// The token files of the configuration now serving (what `--watch-config` polls).
+    pub fn token_files(&self) -> Vec<std::path::PathBuf> {
+        self.config
+            .load()
+            .roles
+            .iter()
+            .flat_map(|r| r.token_files.iter().cloned())
+            .collect()
+    }
+
     /// The metrics registry (tests and embedding programs).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

@@ -43,7 +43,15 @@ struct ConfigArg {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the daemon.
-    Serve(ConfigArg),
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Reload (as on SIGHUP) when the config file or a role's token file changes,
+        /// checked every INTERVAL (default 10s): a ConfigMap/Secret update reaches the broker
+        /// without a restart or a signal.
+        #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "10s", value_parser = humantime::parse_duration)]
+        watch_config: Option<std::time::Duration>,
+    },
     /// Validate the config and print a summary; lists every problem at once.
     Check(ConfigArg),
     /// Print the export lines a workload needs to use a role through the ECS endpoint.
@@ -102,7 +110,7 @@ fn main() -> ExitCode {
         }
     });
     let default_level = match cli.command {
-        Command::Serve(_) => tracing::level_filters::LevelFilter::INFO,
+        Command::Serve { .. } => tracing::level_filters::LevelFilter::INFO,
         _ => tracing::level_filters::LevelFilter::WARN,
     };
     logging::init(format, default_level);
@@ -112,7 +120,7 @@ fn main() -> ExitCode {
     }
     let ctx = LoadContext::from_system();
     let path = match &cli.command {
-        Command::Serve(c) | Command::Check(c) => &c.config,
+        Command::Serve { config: c, .. } | Command::Check(c) => &c.config,
         Command::Env { config, .. }
         | Command::CredentialProcess { config, .. }
         | Command::IamPolicy { config, .. }
@@ -194,14 +202,21 @@ fn main() -> ExitCode {
                 ExitCode::from(EX_CONFIG)
             }
         },
-        Command::Serve(_) => {
+        Command::Serve { watch_config, .. } => {
             let rt = runtime();
-            let code = rt.block_on(serve(config, ctx));
+            let code = rt.block_on(serve(config, ctx, watch_config));
             // A write stuck on a dead disk (audit trail) must not keep the process alive.
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
             code
         }
     }
+}
+
+/// The config file and every token file of the configuration now serving.
+fn watched_files(config: &std::path::Path, broker: &Broker) -> Vec<std::path::PathBuf> {
+    let mut files = vec![config.to_path_buf()];
+    files.extend(broker.token_files());
+    files
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -211,7 +226,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("building the tokio runtime")
 }
 
-async fn serve(config: Config, ctx: LoadContext) -> ExitCode {
+async fn serve(config: Config, ctx: LoadContext, watch: Option<std::time::Duration>) -> ExitCode {
     for w in &config.warnings {
         tracing::warn!(warning = %w, "configuration warning");
     }
@@ -235,6 +250,12 @@ async fn serve(config: Config, ctx: LoadContext) -> ExitCode {
     {
         let supervise = sts_broker::systemd::supervise(&broker);
         tokio::pin!(supervise);
+        let mut watcher = watch.zip(path.clone()).map(|(every, path)| {
+            tracing::info!(every_s = every.as_secs_f64(), config = %path.display(), "watching the config and token files for changes");
+            let mut w = signals::FileWatch::new(every);
+            w.changed(&watched_files(&path, &broker));
+            (w, path)
+        });
         loop {
             let control = tokio::select! {
                 c = controls.next() => match c {
@@ -242,6 +263,21 @@ async fn serve(config: Config, ctx: LoadContext) -> ExitCode {
                     None => break,
                 },
                 () = &mut supervise => continue,
+                changed = async {
+                    match &mut watcher {
+                        Some((w, path)) => {
+                            w.tick().await;
+                            w.changed(&watched_files(path, &broker))
+                        }
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if !changed {
+                        continue;
+                    }
+                    tracing::info!("config or token file changed: reloading");
+                    Control::Reload
+                }
             };
             match control {
                 Control::Reload => {

@@ -1,4 +1,5 @@
-//! OS signals turned into control messages (one reload path, one shutdown path).
+//! OS signals turned into control messages (one reload path, one shutdown path), and the
+//! `--watch-config` poller that asks for the same reload when a file changes.
 
 use futures_util::{Stream, StreamExt};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -29,4 +30,71 @@ pub fn controls() -> std::io::Result<impl Stream<Item = Control> + Unpin> {
         tracing::info!(signal = name, "signal received");
         control
     }))
+}
+
+/// Polls files for changes by content (not mtime: a Kubernetes ConfigMap or Secret volume
+/// swaps a symlink, and editors may keep mtimes). A missing file is a state too, so a file
+/// that appears or vanishes counts as a change.
+#[derive(Debug)]
+pub struct FileWatch {
+    every: tokio::time::Interval,
+    last: Option<[u8; 32]>,
+}
+
+impl FileWatch {
+    pub fn new(every: std::time::Duration) -> FileWatch {
+        let mut every = tokio::time::interval(every.max(std::time::Duration::from_millis(100)));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        FileWatch { every, last: None }
+    }
+
+    /// Waits for the next poll.
+    pub async fn tick(&mut self) {
+        self.every.tick().await;
+    }
+
+    /// Whether `files` differ from the previous call (the first call sets the baseline).
+    pub fn changed(&mut self, files: &[std::path::PathBuf]) -> bool {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for f in files {
+            h.update(f.as_os_str().as_encoded_bytes());
+            match std::fs::read(f) {
+                Ok(bytes) => {
+                    h.update([1]);
+                    h.update((bytes.len() as u64).to_le_bytes());
+                    h.update(&bytes);
+                }
+                Err(e) => h.update([0, e.kind() as u8]),
+            }
+        }
+        let now: [u8; 32] = h.finalize().into();
+        let changed = self.last.is_some_and(|l| l != now);
+        self.last = Some(now);
+        changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_changes_are_seen_and_a_missing_file_is_a_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("config.toml");
+        let b = dir.path().join("token");
+        std::fs::write(&a, "one").unwrap();
+        let files = [a.clone(), b.clone()];
+        let mut w = FileWatch::new(std::time::Duration::from_secs(1));
+        assert!(!w.changed(&files), "baseline");
+        assert!(!w.changed(&files), "nothing changed");
+        std::fs::write(&b, "tok").unwrap();
+        assert!(w.changed(&files), "a file appeared");
+        std::fs::write(&a, "two").unwrap();
+        assert!(w.changed(&files), "content changed");
+        assert!(!w.changed(&files));
+        std::fs::remove_file(&a).unwrap();
+        assert!(w.changed(&files), "a file vanished");
+    }
 }

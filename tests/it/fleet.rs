@@ -283,3 +283,58 @@ async fn revoke_before_on_reload_drops_and_reassumes_once() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sts.calls(), 7);
 }
+
+#[tokio::test]
+async fn watch_config_reloads_on_a_file_change_without_a_signal() {
+    let sts = FakeSts::start().await;
+    let dir = ConfigDir::new();
+    let head = config_head(&sts.url());
+    let broker = TestBroker::start_with_args(
+        &dir,
+        &(head.clone() + &role("app", "")),
+        "info",
+        &[],
+        &[],
+        &["--watch-config=200ms"],
+    )
+    .await;
+    broker.wait_ready(Duration::from_secs(10)).await;
+    let before = broker.ecs_get("app", Some(TOKEN)).await.json()["AccessKeyId"].clone();
+
+    // A ConfigMap-style update: the new file replaces the old one by rename.
+    let revoke = rfc3339(SystemTime::now() + Duration::from_secs(60));
+    let next = head.replace(
+        "[refresh]\n",
+        &format!("[refresh]\nrevoke_before = \"{revoke}\"\n"),
+    ) + &role("app", "")
+        + &role("db", "");
+    let tmp = dir.write("config.toml.new", &next);
+    std::fs::rename(&tmp, &broker.config_path).unwrap();
+    assert!(
+        broker
+            .wait_for_metric("sts_broker_config_reloads_total{outcome=\"ok\"}", 1.0)
+            .await,
+        "{}",
+        broker.logs()
+    );
+    assert_eq!(broker.ecs_get("db", Some(TOKEN)).await.status, 200);
+    let after = broker.ecs_get("app", Some(TOKEN)).await.json()["AccessKeyId"].clone();
+    assert_ne!(before, after, "the revocation in the new file took effect");
+
+    // A broken file is rejected; the old config keeps serving.
+    std::fs::write(&broker.config_path, "[sts\n").unwrap();
+    assert!(
+        broker
+            .wait_for_metric("sts_broker_config_reloads_total{outcome=\"error\"}", 1.0)
+            .await
+    );
+    assert_eq!(broker.ecs_get("app", Some(TOKEN)).await.status, 200);
+    // Unchanged file: no further reloads.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        broker
+            .metric("sts_broker_config_reloads_total{outcome=\"ok\"}")
+            .await,
+        Some(1.0)
+    );
+}

@@ -183,6 +183,18 @@ impl TestBroker {
         wrapper: &[&str],
         extra_env: &[(&str, &str)],
     ) -> TestBroker {
+        Self::start_with_args(dir, config_text, rust_log, wrapper, extra_env, &[]).await
+    }
+
+    /// Like [`TestBroker::start_wrapped`], with `extra_args` after `serve -c FILE`.
+    pub async fn start_with_args(
+        dir: &ConfigDir,
+        config_text: &str,
+        rust_log: &str,
+        wrapper: &[&str],
+        extra_env: &[(&str, &str)],
+        extra_args: &[&str],
+    ) -> TestBroker {
         let config_path = dir.write("config.toml", config_text);
         let mut cmd = match wrapper.split_first() {
             None => Command::new(BIN),
@@ -192,7 +204,10 @@ impl TestBroker {
                 c
             }
         };
-        cmd.arg("serve").arg("-c").arg(&config_path);
+        cmd.arg("serve")
+            .arg("-c")
+            .arg(&config_path)
+            .args(extra_args);
         broker_env(&mut cmd, dir.path(), rust_log);
         cmd.envs(extra_env.iter().copied());
         let mut child = cmd

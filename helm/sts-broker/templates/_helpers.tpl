@@ -284,7 +284,7 @@ The broker's container, without name/restartPolicy (added by the sidecar and Dae
 {{- $privileged := eq (include "sts-broker.needsPrivilegedPort" .) "true" -}}
 image: {{ include "sts-broker.image" . }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
-args: ["serve", "-c", "{{ include "sts-broker.configDir" . }}/config.toml"]
+args: ["serve", "-c", "{{ include "sts-broker.configDir" . }}/config.toml"{{ if eq .Values.configReload.mode "watch" }}, "--watch-config={{ .Values.configReload.interval }}"{{ end }}]
 env:
   - name: RUST_LOG
     value: {{ .Values.logLevel | quote }}
@@ -432,5 +432,9 @@ for roles of kind "web_identity", unless they name their own token file.
 
 {{/* Annotations that roll the pods when the config changes. */}}
 {{- define "sts-broker.checksums" -}}
+{{- if eq .Values.configReload.mode "restart" }}
 checksum/sts-broker-config: {{ include "sts-broker.configToml" . | sha256sum }}
+{{- else }}
+sts-broker/config-reload: watch
+{{- end }}
 {{- end }}
