@@ -79,8 +79,8 @@ impl FileWatch {
 mod tests {
     use super::*;
 
-    #[test]
-    fn content_changes_are_seen_and_a_missing_file_is_a_state() {
+    #[tokio::test]
+    async fn content_changes_are_seen_and_a_missing_file_is_a_state() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("config.toml");
         let b = dir.path().join("token");
