@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A fake STS for the benchmarks: answers AssumeRole with realistic latency and counts calls.
 
-    python3 bench/fake_sts.py --port-file FILE [--port 0] [--latency-ms 20-50]
+    python3 bench/fake_sts.py --port-file FILE [--port 0] [--host 127.0.0.1] [--latency-ms 20-50]
+                              [--budget CALLS_PER_S] [--mode-file FILE]
 
 - POST / (form-encoded, as the AWS SDK sends it): sleeps a uniform random delay in the
   latency range (concurrent calls overlap: one thread per connection), then answers with an
@@ -9,8 +10,13 @@
 - GET /stats[?arn=ARN]: JSON with the number of calls (total and per RoleArn), the per-call
   delays for ARN, the first/last call times and the most calls seen in any one-second and five-second window.
 - POST /reset: forget every count.
+- --budget N: an account-wide quota like STS's: a token bucket of N calls/s (burst N); a call
+  beyond it is answered HTTP 400 `Throttling` ("Rate exceeded") at once, as STS does.
+- --mode-file FILE: read before every call: `ok` (or missing), `error500` (HTTP 500
+  InternalFailure), `hang` (read the request, never answer): a failing region on demand.
+- /stats also reports `ok`, `throttled` and `failed` counts and `max_ok_per_second`.
 
-Signatures are not checked. Loopback only.
+Signatures are not checked. Loopback by default (--host for a network namespace's address).
 """
 
 import argparse
@@ -29,7 +35,34 @@ STATE = {"seq": 0}
 
 def reset():
     with LOCK:
-        STATE.update(total=0, by_arn={}, delays={}, times=[])
+        STATE.update(total=0, by_arn={}, delays={}, times=[], ok=0, throttled=0, failed=0,
+                     ok_times=[])
+        BUCKET.update(tokens=BUCKET["rate"], at=time.monotonic())
+
+
+BUCKET = {"rate": 0.0, "tokens": 0.0, "at": 0.0}
+
+
+def take_budget():
+    """True when the account-wide budget has a call left (always, without --budget)."""
+    rate = BUCKET["rate"]
+    if rate <= 0:
+        return True
+    now = time.monotonic()
+    BUCKET["tokens"] = min(rate, BUCKET["tokens"] + (now - BUCKET["at"]) * rate)
+    BUCKET["at"] = now
+    if BUCKET["tokens"] >= 1.0:
+        BUCKET["tokens"] -= 1.0
+        return True
+    return False
+
+
+def error_xml(kind, code, message):
+    return (
+        '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+        f"<Error><Type>{kind}</Type><Code>{code}</Code><Message>{message}</Message></Error>"
+        "<RequestId>00000000-0000-0000-0000-000000000000</RequestId></ErrorResponse>"
+    )
 
 
 reset()
@@ -65,6 +98,16 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
     latency = (0.020, 0.050)
+    mode_file = None
+
+    def mode(self):
+        if not self.mode_file:
+            return "ok"
+        try:
+            with open(self.mode_file) as f:
+                return f.read().strip() or "ok"
+        except OSError:
+            return "ok"
 
     def log_message(self, *args):
         pass
@@ -91,6 +134,10 @@ class Handler(BaseHTTPRequestHandler):
                 "last": max(times) if times else None,
                 "max_per_second": max_per_second(times),
                 "max_per_5s": max_per_second(times, 5.0),
+                "ok": STATE["ok"],
+                "throttled": STATE["throttled"],
+                "failed": STATE["failed"],
+                "max_ok_per_second": max_per_second(STATE["ok_times"]),
             }
             if arn is not None:
                 out["arn"] = arn
@@ -111,6 +158,7 @@ class Handler(BaseHTTPRequestHandler):
         session = form.get("RoleSessionName", ["bench"])[0]
         duration = int(form.get("DurationSeconds", ["3600"])[0])
         delay = random.uniform(*self.latency)
+        mode = self.mode()
         with LOCK:
             STATE["seq"] += 1
             seq = STATE["seq"]
@@ -118,6 +166,23 @@ class Handler(BaseHTTPRequestHandler):
             STATE["by_arn"][arn] = STATE["by_arn"].get(arn, 0) + 1
             STATE["delays"].setdefault(arn, []).append(round(delay * 1000, 2))
             STATE["times"].append(time.time())
+            allowed = mode != "ok" or take_budget()
+            if mode != "ok":
+                STATE["failed"] += 1
+            elif not allowed:
+                STATE["throttled"] += 1
+            else:
+                STATE["ok"] += 1
+                STATE["ok_times"].append(time.time())
+        if mode == "hang":
+            time.sleep(3600)
+            return
+        if mode == "error500":
+            return self._send(
+                500, error_xml("Receiver", "InternalFailure", "injected failure"), "text/xml"
+            )
+        if not allowed:
+            return self._send(400, error_xml("Sender", "Throttling", "Rate exceeded"), "text/xml")
         time.sleep(delay)
         expiration = datetime.now(timezone.utc) + timedelta(seconds=duration)
         body = XML.format(
@@ -149,11 +214,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--port-file", required=True)
+    ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--latency-ms", default="20-50", help="LO-HI, uniform")
+    ap.add_argument("--budget", type=float, default=0.0, help="account-wide calls/s (0: none)")
+    ap.add_argument("--mode-file", default=None, help="ok | error500 | hang, read per call")
     args = ap.parse_args()
     lo, hi = (float(x) / 1000 for x in args.latency_ms.split("-"))
     Handler.latency = (lo, hi)
-    server = Server(("127.0.0.1", args.port), Handler)
+    Handler.mode_file = args.mode_file
+    BUCKET["rate"] = args.budget
+    reset()
+    server = Server((args.host, args.port), Handler)
     with open(args.port_file + ".tmp", "w") as f:
         f.write(str(server.server_address[1]))
     os.replace(args.port_file + ".tmp", args.port_file)

@@ -152,7 +152,7 @@ else
 fi
 
 # nft (Debian's nftables): tests/it/local_users.rs applies the rules of `sts-broker
-# redirect-rules` in network namespaces it creates. setpriv (util-linux) runs clients as other UIDs.
+# redirect-rules` in network namespaces it creates; tests/it/netns.rs black-holes a fake STS. setpriv (util-linux) runs clients as other UIDs.
 if command -v nft >/dev/null || [ -x /usr/sbin/nft ]; then
   say "nft present ($(PATH=$PATH:/usr/sbin nft --version))"
 else
@@ -188,5 +188,14 @@ else
     systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
   command -v promtool >/dev/null || die "prometheus was installed but promtool is not there"
+fi
+
+# ip (Debian's iproute2): the network-namespace tests, among them the STS failover test that
+# black-holes a fake STS endpoint with nft (tests/it/netns.rs).
+if ! command -v ip >/dev/null && [ ! -x /usr/sbin/ip ] && [ ! -x /sbin/ip ]; then
+  command -v apt-get >/dev/null || die "ip is missing and there is no apt-get"
+  say "installing iproute2 (apt) for the network-namespace tests"
+  apt-get -o DPkg::Lock::Timeout=300 update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends iproute2 >/dev/null
 fi
 # ---------------------------------------------------------------------------------------------------

@@ -570,3 +570,342 @@ puts sts.get_caller_identity.arn
         "container-role\narn:aws:sts::123456789012:assumed-role/app/relative-uri-test\n"
     );
 }
+
+/// `bench/fake_sts.py` inside `ns`, bound to `addr:4443`, answering as `mode_file` says.
+struct NsFakeSts(std::process::Child);
+
+impl NsFakeSts {
+    fn start(ns: &Netns, addr: &str, dir: &std::path::Path, tag: &str) -> NsFakeSts {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/fake_sts.py");
+        let port_file = dir.join(format!("{tag}.port"));
+        let child = ns
+            .command(venv_bin("python").to_str().unwrap())
+            .args([
+                script,
+                "--host",
+                addr,
+                "--port",
+                "4443",
+                "--latency-ms",
+                "1-3",
+            ])
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--mode-file")
+            .arg(dir.join(format!("{tag}.mode")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !port_file.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fake STS {tag} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        NsFakeSts(child)
+    }
+}
+
+impl Drop for NsFakeSts {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A JSON value printed by `script` run in `ns` (clean environment).
+fn ns_json(ns: &Netns, home: &std::path::Path, script: &str) -> serde_json::Value {
+    let out = ns_python(ns, home, &[], script);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// GETs `url` with the test token from inside `ns`: `{status, seconds, key}`.
+fn ns_get(ns: &Netns, home: &std::path::Path, url: &str) -> serde_json::Value {
+    ns_json(
+        ns,
+        home,
+        &format!(
+            "
+import json, time, urllib.request, urllib.error
+t = time.time()
+try:
+    r = urllib.request.urlopen(urllib.request.Request('{url}', headers={{'Authorization': '{TOKEN}'}}), timeout=30)
+    body = json.load(r)
+    print(json.dumps({{'status': r.status, 'seconds': time.time() - t, 'key': body.get('AccessKeyId'), 'body': body if 'AccessKeyId' not in body else None}}))
+except urllib.error.HTTPError as e:
+    print(json.dumps({{'status': e.code, 'seconds': time.time() - t, 'key': None, 'body': e.read().decode()}}))
+"
+        ),
+    )
+}
+
+/// The `ok` count of a fake STS, asked from inside `ns`.
+fn fake_ok(ns: &Netns, home: &std::path::Path, addr: &str) -> u64 {
+    let stats = ns_json(
+        ns,
+        home,
+        &format!(
+            "import urllib.request; print(urllib.request.urlopen('http://{addr}:4443/stats', timeout=5).read().decode())"
+        ),
+    );
+    stats["ok"].as_u64().unwrap()
+}
+
+/// One metric series from the broker's admin listener inside `ns`.
+fn ns_metric(ns: &Netns, home: &std::path::Path, series: &str) -> Option<f64> {
+    let text = ns_python(
+        ns,
+        home,
+        &[],
+        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9469/metrics', timeout=5).read().decode())",
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
+/// Polls `f` every 250 ms until it is true or `timeout` passed.
+fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Reads a warm role every 100 ms until `stop` exists; prints `{n, errors, max_seconds}`.
+const WARM_MONITOR: &str = "
+import json, os, sys, time, urllib.request
+url, token, stop = sys.argv[1:4]
+n = errors = 0
+worst = 0.0
+while not os.path.exists(stop):
+    t = time.time()
+    try:
+        r = urllib.request.urlopen(urllib.request.Request(url, headers={'Authorization': token}), timeout=10)
+        r.read()
+        if r.status != 200:
+            errors += 1
+    except Exception:
+        errors += 1
+    worst = max(worst, time.time() - t)
+    n += 1
+    time.sleep(0.1)
+print(json.dumps({'n': n, 'errors': errors, 'max_seconds': worst}))
+";
+
+/// Two fake STS endpoints, each in its own namespace, reached by the broker's namespace over
+/// veth pairs. The primary is black-holed (nftables drops its packets: the broker sees
+/// timeouts, not refusals), then answers 500, then is healthy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_when_the_primary_is_black_holed_then_failing_then_back() {
+    if !namespaces_available() {
+        return;
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        eprintln!(
+            "SKIPPED: nft (nftables) is not installed; the black-hole failover test did not run"
+        );
+        return;
+    }
+    let c = Netns::create("fo");
+    let a = Netns::create("foa");
+    let b = Netns::create("fob");
+    for (ns, net, tag) in [(&a, "10.77.1", "a"), (&b, "10.77.2", "b")] {
+        let (here, there) = (
+            format!("f{tag}c{}", rand_suffix() % 10000),
+            format!("f{tag}s{}", rand_suffix() % 10000),
+        );
+        sh(&[
+            "ip", "link", "add", &here, "type", "veth", "peer", "name", &there,
+        ]);
+        sh(&["ip", "link", "set", &here, "netns", &c.name]);
+        sh(&["ip", "link", "set", &there, "netns", &ns.name]);
+        c.exec(&["ip", "addr", "add", &format!("{net}.1/24"), "dev", &here]);
+        c.exec(&["ip", "link", "set", &here, "up"]);
+        ns.exec(&["ip", "addr", "add", &format!("{net}.2/24"), "dev", &there]);
+        ns.exec(&["ip", "link", "set", &there, "up"]);
+    }
+    let dir = ConfigDir::new();
+    let home = dir.path();
+    let _fake_a = NsFakeSts::start(&a, "10.77.1.2", home, "a");
+    let _fake_b = NsFakeSts::start(&b, "10.77.2.2", home, "b");
+    let primary = "http://10.77.1.2:4443";
+    let lazy: String = ["cold1", "cold2", "cold3"]
+        .iter()
+        .map(|n| role(n, "prefetch = false"))
+        .collect();
+    // Warm credentials refresh every 9 s (1 % of 15 min), so refreshes happen in each phase.
+    let config = format!(
+        r#"
+[sts]
+region = "us-east-1"
+endpoints = ["{primary}", "http://10.77.2.2:4443"]
+timeout = "4s"
+unhealthy_after = 2
+cooldown = "3s"
+[source]
+kind = "static_env"
+[refresh]
+lead = "99%"
+min_remaining = "1m"
+jitter = "0s"
+backoff_min = "200ms"
+backoff_max = "1s"
+[ecs]
+listen = "127.0.0.1:8170"
+[admin]
+listen = "127.0.0.1:9469"
+"#
+    ) + &role("warm", "duration = \"15m\"")
+        + &lazy;
+    let _broker = TestBroker::start_wrapped(&dir, &config, "info", &c.wrapper(), &[]).await;
+    let wait = format!("import sys; sys.argv = ['', 'http://127.0.0.1:9469/readyz']\n{WAIT_READY}");
+    ns_python(&c, home, &[], &wait);
+    assert_eq!(
+        fake_ok(&a, home, "10.77.1.2"),
+        1,
+        "the primary served the prefetch"
+    );
+
+    let stop = home.join("stop-monitor");
+    let monitor = c
+        .command("env")
+        .args(["-i", "PATH=/usr/bin:/bin"])
+        .arg(venv_bin("python"))
+        .args([
+            "-c",
+            WARM_MONITOR,
+            "http://127.0.0.1:8170/v1/credentials/warm",
+            TOKEN,
+        ])
+        .arg(&stop)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // 1. Black hole: packets to the primary are dropped.
+    let table = format!("stsb_fo_{}", std::process::id());
+    a.exec(&["nft", "add", "table", "inet", &table]);
+    a.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        &table,
+        "in",
+        "{ type filter hook input priority 0; policy accept; }",
+    ]);
+    a.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        &table,
+        "in",
+        "ip",
+        "daddr",
+        "10.77.1.2",
+        "tcp",
+        "dport",
+        "4443",
+        "iifname",
+        "!=",
+        "lo",
+        "drop",
+    ]);
+    let b_before = fake_ok(&b, home, "10.77.2.2");
+    let cold = ns_get(&c, home, "http://127.0.0.1:8170/v1/credentials/cold1");
+    assert_eq!(cold["status"], 200, "{cold}");
+    let black_hole_s = cold["seconds"].as_f64().unwrap();
+    eprintln!("cold request with the primary black-holed: {black_hole_s:.3} s ([sts].timeout 4 s)");
+    assert!(black_hole_s < 4.0, "within [sts].timeout: {black_hole_s}");
+    assert!(
+        black_hole_s >= 1.9,
+        "waited for the primary's share (2 s): {black_hole_s}"
+    );
+    // A real SDK client through the ECS endpoint meanwhile.
+    let out = ns_python(
+        &c,
+        home,
+        &[
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://127.0.0.1:8170/v1/credentials/warm",
+            ),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", TOKEN),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+        "import boto3\nc = boto3.session.Session().get_credentials()\nprint(c.method, c.get_frozen_credentials().access_key[:4])\n",
+    );
+    assert_eq!(out.trim(), "container-role ASIA");
+    // The warm role's refreshes go to the backup.
+    assert!(
+        poll(Duration::from_secs(25), || fake_ok(&b, home, "10.77.2.2")
+            >= b_before + 2),
+        "a warm refresh reached the backup"
+    );
+    assert_eq!(
+        ns_metric(
+            &c,
+            home,
+            &format!("sts_broker_sts_endpoint_healthy{{sts_endpoint=\"{primary}\"}}")
+        ),
+        Some(0.0)
+    );
+
+    // 2. The primary answers again, with 500s.
+    std::fs::write(home.join("a.mode"), "error500").unwrap();
+    a.exec(&["nft", "delete", "table", "inet", &table]);
+    let cold = ns_get(&c, home, "http://127.0.0.1:8170/v1/credentials/cold2");
+    assert_eq!(cold["status"], 200, "{cold}");
+    let error_s = cold["seconds"].as_f64().unwrap();
+    eprintln!("cold request with the primary answering 500: {error_s:.3} s");
+    assert!(error_s < 1.5, "{error_s}");
+
+    // 3. Healthy again: after the cool-down a probe finds it and it is the primary again.
+    std::fs::write(home.join("a.mode"), "ok").unwrap();
+    let healed = std::time::Instant::now();
+    let a_before = fake_ok(&a, home, "10.77.1.2");
+    assert!(
+        poll(Duration::from_secs(25), || fake_ok(&a, home, "10.77.1.2")
+            > a_before),
+        "the broker probed the primary again"
+    );
+    let back_s = healed.elapsed().as_secs_f64();
+    eprintln!(
+        "back on the primary {back_s:.1} s after it healed (cool-down 3 s, refresh every 9 s)"
+    );
+    let a_now = fake_ok(&a, home, "10.77.1.2");
+    let cold = ns_get(&c, home, "http://127.0.0.1:8170/v1/credentials/cold3");
+    assert_eq!(cold["status"], 200, "{cold}");
+    assert_eq!(
+        fake_ok(&a, home, "10.77.1.2"),
+        a_now + 1,
+        "served by the primary"
+    );
+    assert_eq!(
+        ns_metric(
+            &c,
+            home,
+            &format!("sts_broker_sts_endpoint_healthy{{sts_endpoint=\"{primary}\"}}")
+        ),
+        Some(1.0)
+    );
+
+    // Warm clients never noticed.
+    std::fs::write(&stop, "").unwrap();
+    let out = monitor.wait_with_output().unwrap();
+    let warm: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("warm client during all phases: {warm}");
+    assert_eq!(warm["errors"], 0, "{warm}");
+    assert!(warm["n"].as_u64().unwrap() > 20, "{warm}");
+    assert!(warm["max_seconds"].as_f64().unwrap() < 1.0, "{warm}");
+}
