@@ -14,7 +14,8 @@
   beyond it is answered HTTP 400 `Throttling` ("Rate exceeded") at once, as STS does.
 - --mode-file FILE: read before every call: `ok` (or missing), `error500` (HTTP 500
   InternalFailure), `hang` (read the request, never answer): a failing region on demand.
-- /stats also reports `ok`, `throttled` and `failed` counts and `max_ok_per_second`.
+- /stats also reports `ok`, `throttled` and `failed` counts, `max_ok_per_second`, and
+  `first_ok_by_arn` (when each RoleArn first got credentials: the fleet simulator's readiness).
 
 Signatures are not checked. Loopback by default (--host for a network namespace's address).
 """
@@ -36,7 +37,7 @@ STATE = {"seq": 0}
 def reset():
     with LOCK:
         STATE.update(total=0, by_arn={}, delays={}, times=[], ok=0, throttled=0, failed=0,
-                     ok_times=[])
+                     ok_times=[], first_ok={})
         BUCKET.update(tokens=BUCKET["rate"], at=time.monotonic())
 
 
@@ -138,6 +139,7 @@ class Handler(BaseHTTPRequestHandler):
                 "throttled": STATE["throttled"],
                 "failed": STATE["failed"],
                 "max_ok_per_second": max_per_second(STATE["ok_times"]),
+                "first_ok_by_arn": dict(STATE["first_ok"]),
             }
             if arn is not None:
                 out["arn"] = arn
@@ -184,6 +186,8 @@ class Handler(BaseHTTPRequestHandler):
         if not allowed:
             return self._send(400, error_xml("Sender", "Throttling", "Rate exceeded"), "text/xml")
         time.sleep(delay)
+        with LOCK:
+            STATE["first_ok"].setdefault(arn, time.time())
         expiration = datetime.now(timezone.utc) + timedelta(seconds=duration)
         body = XML.format(
             akid=f"ASIA{seq:016d}",

@@ -338,3 +338,43 @@ async fn watch_config_reloads_on_a_file_change_without_a_signal() {
         Some(1.0)
     );
 }
+
+/// A short run of the fleet simulator (`bench/fleet.py`; the full run is a benchmark): three
+/// brokers start together against a budgeted fake STS with the tuned settings.
+#[tokio::test]
+async fn fleet_simulator_smoke_run() {
+    let dir = ConfigDir::new();
+    let out = dir.path().join("fleet.json");
+    let status = std::process::Command::new(venv_bin("python"))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/fleet.py"))
+        .args([
+            "--brokers",
+            "3",
+            "--roles",
+            "4",
+            "--budget",
+            "12",
+            "--latency-ms",
+            "1-5",
+            "--variants",
+            "tuned",
+            "--deadline",
+            "60",
+            "--binary",
+            BIN,
+        ])
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let tuned = &results[0];
+    assert_eq!(tuned["brokers_ready"], 3, "{tuned}");
+    assert_eq!(tuned["obtained"], 12, "{tuned}");
+    assert_eq!(tuned["client_errors"], 0, "{tuned}");
+    // One second of ideal time: loose bounds, the machine is shared.
+    assert!(tuned["amplification"].as_f64().unwrap() <= 1.5, "{tuned}");
+    assert!(tuned["ready_s"].as_f64().unwrap() < 30.0, "{tuned}");
+}
