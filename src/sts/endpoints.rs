@@ -2,7 +2,7 @@
 //!
 //! Every logical STS call has one budget, `[sts].timeout`. It goes to the first healthy
 //! endpoint; a connect error, a timeout, a 5xx or an unreadable answer (error class
-//! `Transient`) moves the same call to the next one. Each attempt gets an equal share of
+//! `Transient`), or `RegionDisabledException`, moves the same call to the next one. Each attempt gets an equal share of
 //! what is left of the budget, so the last endpoint still has time to answer. The SDK's
 //! own retries are off (the broker owns retries and back-off), so an attempt is exactly one
 //! HTTP request.
@@ -54,9 +54,11 @@ pub enum Verdict {
     Failed,
 }
 
-/// Whether an error is the endpoint's fault (another endpoint may do better).
+/// Whether an error is the endpoint's fault (another endpoint may do better): no answer, a
+/// 5xx, an unreadable answer, or `RegionDisabledException` (STS deactivated in that region
+/// for the account: the same call works at an endpoint where it is active).
 pub fn is_endpoint_failure(e: &FetchError) -> bool {
-    e.class == ErrorClass::Transient
+    e.class == ErrorClass::Transient || e.code.as_deref() == Some("RegionDisabledException")
 }
 
 impl<E> EndpointSet<E> {
