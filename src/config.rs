@@ -766,6 +766,15 @@ fn build_sts(p: &mut Problems, raw: RawSts) -> StsConfig {
     }
 }
 
+/// Whether a URL carries `user:password@` (it would reach metric labels and logs).
+fn has_userinfo(url: &str) -> bool {
+    url.split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
+}
+
 /// `endpoints` replaces `endpoint` + `failover_regions`; every URL must be http(s) and
 /// appear once.
 fn check_endpoints(
@@ -792,6 +801,13 @@ fn check_endpoints(
             );
         }
     }
+    if endpoint.is_some_and(has_userinfo) {
+        p.error(
+            scope.clone(),
+            Some("endpoint"),
+            "the URL must not contain user:password@",
+        );
+    }
     let mut seen = HashSet::new();
     for e in endpoints {
         if !(e.starts_with("https://") || e.starts_with("http://")) {
@@ -801,6 +817,14 @@ fn check_endpoints(
                 format!(
                     "{e:?} must be a URL starting with https:// (or http:// for a local emulator)"
                 ),
+            );
+        }
+        if has_userinfo(e) {
+            // The URL is a metric label and a log field: it must not carry a password.
+            p.error(
+                scope.clone(),
+                Some("endpoints"),
+                "an endpoint URL must not contain user:password@",
             );
         }
         if !seen.insert(e.trim_end_matches('/')) {

@@ -860,7 +860,7 @@ fn fleet_settings_report_every_problem() {
 [sts]
 region = "us-east-1"
 endpoint = "https://vpce-1.sts.us-east-1.vpce.amazonaws.com"
-endpoints = ["https://sts.us-east-2.amazonaws.com", "sts.eu-west-1.amazonaws.com"]
+endpoints = ["https://sts.us-east-2.amazonaws.com", "sts.eu-west-1.amazonaws.com", "https://u:secret@sts.us-west-2.amazonaws.com"]
 hedge_after = "0s"
 unhealthy_after = 0
 [refresh]
@@ -870,10 +870,15 @@ revoke_before = "2026-11-29 12:00"
     let want = [
         ("[sts]: key \"endpoints\"", "not both"),
         ("[sts]: key \"endpoints\"", "must be a URL"),
+        ("[sts]: key \"endpoints\"", "user:password@"),
         ("[sts]: key \"hedge_after\"", "greater than zero"),
         ("[sts]: key \"unhealthy_after\"", "at least 1"),
         ("[refresh]: key \"revoke_before\"", "RFC 3339"),
     ];
+    assert!(
+        errs.iter().all(|e| !e.contains("secret@")),
+        "the password is not echoed: {errs:?}"
+    );
     for (key, msg) in want {
         assert!(
             errs.iter().any(|e| e.contains(key) && e.contains(msg)),
