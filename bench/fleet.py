@@ -14,7 +14,11 @@ Variants (run one after another, each against a fresh fake STS):
 
 Reported per variant:
   ready_s        until every broker holds credentials for every role (the fake STS's first
-                 successful answer per role ARN; every role ARN is unique to one broker)
+                 successful answer per role ARN; every role ARN is unique to one broker),
+                 from the instant all N processes are released together (one flock)
+  first_call_s   when the first STS call arrived: N processes starting at once on one small
+                 machine take seconds to get there, a broker on its own node milliseconds;
+                 sts_ready_s = ready_s - first_call_s is the fleet's time once it talks to STS
   ideal_s        N x R / budget: the fastest the account's quota allows
   calls          STS calls the fake received; throttled = answered Throttling
   amplification  calls / credentials obtained
@@ -143,12 +147,22 @@ def run_variant(args, variant, workdir):
         with open(cfg, "w") as f:
             f.write(broker_config(i, ports[2 * i], ports[2 * i + 1], r, endpoints, variant, ideal))
         brokers.append((cfg, ports[2 * i], ports[2 * i + 1], d))
+    # Every broker waits on one lock (flock -s) that is released at t0, so the fleet starts
+    # at one instant however long spawning N processes takes here.
+    import fcntl
+
+    gate_path = os.path.join(workdir, f"{variant}.gate")
+    gate = open(gate_path, "w")
+    fcntl.flock(gate, fcntl.LOCK_EX)
     procs = []
-    t0 = time.time()
     for cfg, _, _, d in brokers:
         log = open(os.path.join(d, "broker.log"), "w")
-        procs.append(subprocess.Popen([args.binary, "serve", "-c", cfg], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=log))
+        procs.append(subprocess.Popen(["flock", "-s", gate_path, args.binary, "serve", "-c", cfg],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=log))
+    time.sleep(min(5.0, 0.02 * n))  # let every flock reach the lock
+    t0 = time.time()
+    fcntl.flock(gate, fcntl.LOCK_UN)
+    gate.close()
     arn_of = {f"arn:aws:iam::123456789012:role/b{i}-r{j}": i for i in range(n) for j in range(r)}
     ready_at = [None] * n
     errors = {"during": 0, "final": 0, "sampled": 0}
@@ -224,20 +238,28 @@ def run_variant(args, variant, workdir):
         "client_errors": errors["during"] + errors["final"],
         "client_requests": errors["sampled"] + len(done) * r,
         "max_ok_per_second": stats["max_ok_per_second"],
+        "first_call_s": round(stats["first"] - t0, 2) if stats["first"] else None,
+        # Once the fleet talks to STS: N processes starting on one small shared machine take
+        # seconds to reach their first call, a real node's broker milliseconds.
+        "sts_ready_s": round(max(done) - stats["first"], 1) if ready_s is not None else None,
+        "sts_ready_ratio": round((max(done) - stats["first"]) / ideal, 2)
+        if ready_s is not None else None,
     }
 
 
 def table(results):
-    head = ("| variant | N x R | budget/s | ideal s | ready s | ready / ideal | calls | throttled "
-            "| amplification | client errors |")
-    lines = [head, "|" + "---|" * 10]
+    head = ("| variant | N x R | budget/s | ideal s | first STS call s | ready s | ready / ideal "
+            "| from first call / ideal | calls | throttled | amplification | client errors |")
+    lines = [head, "|" + "---|" * 12]
     for x in results:
         ready = "not all (%d/%d)" % (x["brokers_ready"], x["brokers"]) if x["ready_s"] is None \
             else x["ready_s"]
         ratio = "-" if x["ready_ratio"] is None else f'{x["ready_ratio"]}x'
         lines.append(
             f'| {x["variant"]} | {x["brokers"]} x {x["roles"]} | {x["budget"]:g} | {x["ideal_s"]} '
-            f'| {ready} | {ratio} | {x["calls"]} | {x["throttled"]} ({x["throttled_pct"]} %) '
+            f'| {x["first_call_s"]} | {ready} | {ratio} '
+            f'| {"-" if x["sts_ready_ratio"] is None else str(x["sts_ready_ratio"]) + "x"} '
+            f'| {x["calls"]} | {x["throttled"]} ({x["throttled_pct"]} %) '
             f'| {x["amplification"]} | {x["client_errors"]} of {x["client_requests"]} |')
     return "\n".join(lines)
 
