@@ -157,8 +157,12 @@ def run_variant(args, variant, workdir):
     procs = []
     for cfg, _, _, d in brokers:
         log = open(os.path.join(d, "broker.log"), "w")
-        procs.append(subprocess.Popen(["flock", "-s", gate_path, args.binary, "serve", "-c", cfg],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=log))
+        # The shell waits for the gate, then becomes the broker (exec): the PID we signal
+        # at the end is the broker's own.
+        procs.append(subprocess.Popen(
+            ["sh", "-c", 'flock -s "$1" true && exec "$2" serve -c "$3"', "gate", gate_path,
+             args.binary, cfg],
+            env=env, stdout=subprocess.DEVNULL, stderr=log))
     time.sleep(min(5.0, 0.02 * n))  # let every flock reach the lock
     t0 = time.time()
     fcntl.flock(gate, fcntl.LOCK_UN)
