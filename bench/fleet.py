@@ -11,6 +11,7 @@ Variants (run one after another, each against a fresh fake STS):
   legacy    fixed rate (`adaptive_rate = false`), no spread: the previous release's behaviour
   defaults  this release's defaults (adaptive rate on, `startup_spread = 0`)
   tuned     adaptive rate + `[refresh] startup_spread` = N x R / budget (the README's formula)
+  tuned-failover  tuned + `unhealthy_after = 1`, `hedge_after = "1s"` (for --fail-primary)
 
 Reported per variant:
   ready_s        until every broker holds credentials for every role (the fake STS's first
@@ -93,8 +94,11 @@ def broker_config(i, ecs, admin, roles, endpoints, variant, spread_s):
         sts += "endpoints = [" + ", ".join(f'"{e}"' for e in endpoints) + "]\n"
     if variant == "legacy":
         sts += "adaptive_rate = false\n"
+    if variant == "tuned-failover":
+        # Skip a dead endpoint after one failure; race a slow one after 1 s.
+        sts += 'unhealthy_after = 1\nhedge_after = "1s"\n'
     refresh = ""
-    if variant == "tuned":
+    if variant in ("tuned", "tuned-failover"):
         refresh = f'startup_spread = "{spread_s:.3f}s"\n'
     out = (f"[sts]\n{sts}\n[source]\nkind = \"static_env\"\n\n[refresh]\n{refresh}\n"
            f"[ecs]\nlisten = \"127.0.0.1:{ecs}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n")

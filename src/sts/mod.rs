@@ -174,6 +174,15 @@ impl Sts {
     ) -> Result<T, FetchError> {
         let endpoint = &self.set.endpoints()[i];
         let started = tokio::time::Instant::now();
+        // Dropped before it finished: it lost a hedge race (or the call was abandoned). Not
+        // answering in time is this endpoint's failure; without it, a black-holed primary
+        // would never be rested while hedges keep winning.
+        let mut abandoned = Abandoned {
+            sts: self,
+            i,
+            started,
+            armed: true,
+        };
         let result = match tokio::time::timeout(budget, call).await {
             Ok(r) => r,
             Err(_) => Err(FetchError::new(
@@ -185,17 +194,31 @@ impl Sts {
                 ),
             )),
         };
+        abandoned.armed = false;
         let verdict = match &result {
             Err(e) if is_endpoint_failure(e) => Verdict::Failed,
             _ => Verdict::Answered,
         };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.class.as_str(),
+        };
+        self.settle(i, verdict, outcome, started);
+        result.map_err(|mut e| {
+            if verdict == Verdict::Failed {
+                e.message = format!("{} (endpoint {})", e.message, endpoint.label);
+            }
+            e
+        })
+    }
+
+    /// Records an attempt's verdict: endpoint health, metrics, and a log line when the
+    /// endpoint starts or stops being skipped.
+    fn settle(&self, i: usize, verdict: Verdict, outcome: &str, started: tokio::time::Instant) {
+        let endpoint = &self.set.endpoints()[i];
         let now = tokio::time::Instant::now();
         let change = self.set.record(i, verdict, now);
         if let Some(m) = &self.metrics {
-            let outcome = match &result {
-                Ok(_) => "ok",
-                Err(e) => e.class.as_str(),
-            };
             m.observe_endpoint_call(&endpoint.label, outcome, now.duration_since(started));
             if let Some(healthy) = change {
                 m.set_endpoint_healthy(&endpoint.label, healthy);
@@ -209,12 +232,6 @@ impl Sts {
             Some(true) => tracing::info!(endpoint = %endpoint.label, "STS endpoint answers again"),
             None => {}
         }
-        result.map_err(|mut e| {
-            if verdict == Verdict::Failed {
-                e.message = format!("{} (endpoint {})", e.message, endpoint.label);
-            }
-            e
-        })
     }
 
     /// The API name (metric label) a role's kind calls.
@@ -457,6 +474,23 @@ impl Sts {
                 }))
             };
         self.set.run(self.timeout, None, &attempt).await
+    }
+}
+
+/// Settles an attempt that was dropped before it finished (outcome `abandoned`).
+struct Abandoned<'a> {
+    sts: &'a Sts,
+    i: usize,
+    started: tokio::time::Instant,
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.sts
+                .settle(self.i, Verdict::Failed, "abandoned", self.started);
+        }
     }
 }
 

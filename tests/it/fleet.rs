@@ -133,6 +133,12 @@ async fn a_slow_primary_is_hedged_and_the_first_answer_wins() {
     assert_eq!((primary.calls(), backup.calls()), (1, 1));
     let key = r.json()["AccessKeyId"].as_str().unwrap().to_string();
     assert!(key.starts_with("ASIAFAKE"), "{key}");
+    // The request that lost the race was cancelled and counts against its endpoint.
+    let abandoned = format!(
+        "sts_broker_sts_endpoint_calls_total{{outcome=\"abandoned\",sts_endpoint=\"{}\"}}",
+        urls[0]
+    );
+    assert_eq!(broker.metric(&abandoned).await, Some(1.0));
 }
 
 #[tokio::test]
