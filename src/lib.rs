@@ -4,7 +4,9 @@
 //! # Layout
 //! - [`config`]: the TOML model and validation (a leaf: plain data);
 //! - [`creds`]: secret-bearing types that redact and zeroize themselves;
-//! - [`sts`]: the one module that talks to STS; [`source`]: the broker's own credentials;
+//! - [`sts`]: the one module that talks to STS (endpoint failover and health in
+//!   [`sts::endpoints`], the adaptive call rate in [`sts::rate`]); [`source`]: the broker's
+//!   own credentials;
 //! - [`cache`]: pre-rendered responses per role, single-flight loads;
 //! - [`refresh`]: the schedule (refresh ahead, jitter, back-off, rate limit);
 //! - [`server`]: the ECS and admin listeners (read the cache, never STS);
