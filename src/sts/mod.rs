@@ -529,7 +529,8 @@ pub struct CallInputs {
     pub web_identity_token: Option<Secret>,
     pub mfa_code: Option<Secret>,
     pub saml_assertion: Option<Secret>,
-    /// A client is waiting (nothing cached): the call may be hedged (`hedge_after`).
+    /// Nothing servable is cached (a first prefetch, or a client waiting): the call may be
+    /// hedged (`hedge_after`).
     pub cold: bool,
 }
 
