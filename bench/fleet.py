@@ -108,6 +108,14 @@ def broker_config(i, ecs, admin, roles, endpoints, variant, spread_s):
     return out
 
 
+def readyz(admin_port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=5) as r:
+            return r.status == 200
+    except Exception:
+        return False
+
+
 def client_get(port, role):
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/credentials/{role}",
                                  headers={"Authorization": TOKEN})
@@ -116,8 +124,11 @@ def client_get(port, role):
             r.read()
             return r.status
     except urllib.error.HTTPError as e:
+        body = e.read().decode(errors="replace")[:200]
+        print(f"client error {e.code} on port {port} role {role}: {body}", file=sys.stderr)
         return e.code
-    except Exception:
+    except Exception as e:
+        print(f"client error on port {port} role {role}: {e!r}", file=sys.stderr)
         return 0
 
 
@@ -173,7 +184,7 @@ def run_variant(args, variant, workdir):
     gate.close()
     arn_of = {f"arn:aws:iam::123456789012:role/b{i}-r{j}": i for i in range(n) for j in range(r)}
     ready_at = [None] * n
-    errors = {"during": 0, "final": 0, "sampled": 0}
+    errors = {"during": 0, "final": 0, "sampled": 0, "seen": []}
     stop = threading.Event()
 
     def sampler():
@@ -181,9 +192,16 @@ def run_variant(args, variant, workdir):
         while not stop.is_set():
             ready = [i for i in range(n) if ready_at[i] is not None]
             for i in random.sample(ready, min(10, len(ready))):
+                # The fake STS answered; the broker says so too (an answer that arrived after
+                # the broker gave up on the attempt is not credentials held).
+                if not readyz(brokers[i][2]):
+                    continue
                 errors["sampled"] += 1
-                if client_get(brokers[i][1], f"r{random.randrange(r)}") != 200:
+                role = f"r{random.randrange(r)}"
+                status = client_get(brokers[i][1], role)
+                if status != 200:
                     errors["during"] += 1
+                    errors["seen"].append([i, role, status, round(time.time() - t0, 2)])
             stop.wait(1.0)
 
     th = threading.Thread(target=sampler, daemon=True)
@@ -206,12 +224,18 @@ def run_variant(args, variant, workdir):
     stop.set()
     th.join()
     # Every role of every broker, once, through the ECS endpoint.
-    for i, (_, ecs, _, _) in enumerate(brokers):
+    not_ready = 0
+    for i, (_, ecs, admin, _) in enumerate(brokers):
         if ready_at[i] is None:
             continue
+        if not readyz(admin):
+            not_ready += 1
+            continue
         for j in range(r):
-            if client_get(ecs, f"r{j}") != 200:
+            status = client_get(ecs, f"r{j}")
+            if status != 200:
                 errors["final"] += 1
+                errors["seen"].append([i, f"r{j}", status, round(time.time() - t0, 2)])
     stats = get_json(counting + "/stats")
     primary_calls = get_json(endpoints[0] + "/stats")["total"] if args.fail_primary else 0
     for p in procs:
@@ -244,6 +268,9 @@ def run_variant(args, variant, workdir):
         "obtained": obtained,
         "amplification": round(calls / max(obtained, 1), 2),
         "client_errors": errors["during"] + errors["final"],
+        "ready_by_sts_but_not_readyz": not_ready,
+        # [broker, role, HTTP status (0: no answer within 5 s), seconds after t0]
+        "client_error_detail": errors["seen"][:20],
         "client_requests": errors["sampled"] + len(done) * r,
         "max_ok_per_second": stats["max_ok_per_second"],
         "first_call_s": round(stats["first"] - t0, 2) if stats["first"] else None,
