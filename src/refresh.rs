@@ -291,7 +291,14 @@ pub async fn role_loop(
                 &refresh,
                 rand::rng().random(),
             ),
-            None => now,
+            // A lazy role's first fetch wakes this loop before the cache has stored what it
+            // obtained: schedule from the status it recorded, not a second STS call now.
+            None => match (slot.status().last_refresh, slot.status().expiration) {
+                (Some(issued), Some(expiration)) if expiration > now => {
+                    refresh_due(issued, expiration, &refresh, rand::rng().random())
+                }
+                _ => now,
+            },
         };
         let mut delay = due.duration_since(now).unwrap_or_default();
         if let Some(t) = slot.status().retry_not_before {
