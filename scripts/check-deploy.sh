@@ -9,7 +9,7 @@
 #            the sysusers.d file, `sts-broker check` on the example config
 #   helm     helm lint --strict and helm template for every helm/sts-broker/ci/*.yaml, the example
 #            parent chart that uses the sidecar helpers, and values the chart must refuse
-#   kustomize kubectl kustomize on deploy/kustomize/{base,sidecar,daemonset}
+#   kustomize kubectl kustomize on deploy/kustomize/{base,sidecar,daemonset,workload-identity}
 #   k8s      kubernetes-validate --strict on everything rendered (only the ServiceMonitor CRD may
 #            lack a schema), and `sts-broker check` on every config.toml a ConfigMap carries
 #   image    hadolint on deploy/Dockerfile; every image the chart and the overlays render is
@@ -170,6 +170,7 @@ done
 [ "$n" -ge 2 ] || die "expected ci/*.yaml values for both modes in $CHART/ci"
 grep -l '^kind: DaemonSet' "$RENDERED"/helm-*.yaml >/dev/null || die "no ci/*.yaml renders the DaemonSet mode"
 grep -l 'restartPolicy: Always' "$RENDERED"/helm-*.yaml >/dev/null || die "no ci/*.yaml renders a native sidecar"
+grep -l 'fieldPath: spec.nodeName' "$RENDERED"/helm-*.yaml >/dev/null || die "no ci/*.yaml renders Kubernetes workload identity"
 
 # The example chart that adds the sidecar to its own Deployment with the helper templates.
 PARENT=helm/examples/sidecar-parent
@@ -196,13 +197,14 @@ refuse "configure at least one role"
 refuse 'value must be one of' --set mode=proxy --set 'roles[0].name=a' --set 'roles[0].arn=arn:aws:iam::1:role/a'
 refuse 'ports >= 1024' --set 'roles[0].name=a' --set 'roles[0].arn=x' --set 'config.ecs.listen=127.0.0.1:80'
 refuse 'needs role_arn' --set 'roles[0].name=a' --set 'roles[0].arn=x' --set config.source.kind=web_identity
+refuse 'use mode "daemonset"' --set 'roles[0].name=a' --set 'roles[0].arn=x' --set workloadIdentity.enabled=true
 refuse 'token_files is set by the chart' --set 'roles[0].name=a' --set 'roles[0].arn=x' --set 'roles[0].token_files[0]=/t'
-say "helm template refuses bad values (no roles, unknown mode, port 80 in a sidecar, web_identity without role_arn, token_files)"
+say "helm template refuses bad values (no roles, unknown mode, port 80 in a sidecar, web_identity without role_arn, workload identity outside daemonset mode, token_files)"
 
 # --- kustomize -------------------------------------------------------------------------------------
 step "kubectl kustomize"
 if [ -n "$KUBECTL" ]; then
-  for dir in deploy/kustomize/base deploy/kustomize/sidecar deploy/kustomize/daemonset; do
+  for dir in deploy/kustomize/base deploy/kustomize/sidecar deploy/kustomize/daemonset deploy/kustomize/workload-identity; do
     "$KUBECTL" kustomize "$dir" >"$RENDERED/kustomize-$(basename "$dir").yaml" || die "kubectl kustomize $dir"
     say "kubectl kustomize $dir: $(grep -c '^kind:' "$RENDERED/kustomize-$(basename "$dir").yaml") resources"
   done
@@ -271,7 +273,9 @@ sed "s#/etc/sts-broker/tokens/#$WORK/configs/systemd-example/tokens/#" systemd/e
 n=0
 for conf in "$WORK"/configs/*/config.toml; do
   label=$(basename "$(dirname "$conf")")
-  if ! "$BIN" check -c "$conf" >"$WORK/check.out" 2>&1; then
+  # What the DaemonSet's pod has: NODE_NAME (downward API), the API server's address.
+  if ! NODE_NAME=check-node KUBERNETES_SERVICE_HOST=10.96.0.1 KUBERNETES_SERVICE_PORT=443 \
+    "$BIN" check -c "$conf" >"$WORK/check.out" 2>&1; then
     cat "$conf" "$WORK/check.out" >&2
     die "sts-broker check rejects the config of $label"
   fi

@@ -62,6 +62,8 @@ pub struct AuditRecord {
     /// What was served, on 200.
     pub served: Option<Arc<Served>>,
     pub status: u16,
+    /// The Kubernetes workload that called (namespace, service account, pod), if any.
+    pub workload: Option<Arc<crate::identity::Workload>>,
 }
 
 impl AuditRecord {
@@ -80,6 +82,13 @@ impl AuditRecord {
             "source_identity": spec.and_then(|s| s.source_identity()),
             "status": self.status,
         });
+        let mut value = value;
+        if let Some(w) = &self.workload {
+            value["namespace"] = w.namespace.clone().into();
+            value["service_account"] = w.service_account.clone().into();
+            value["pod"] = w.pod_name.clone().into();
+            value["pod_uid"] = w.pod_uid.clone().into();
+        }
         let mut line = serde_json::to_vec(&value).expect("serializing JSON values cannot fail");
         line.push(b'\n');
         line

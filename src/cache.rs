@@ -509,5 +509,7 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+pub mod session;
+
 #[cfg(test)]
 mod tests;

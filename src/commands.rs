@@ -48,6 +48,23 @@ pub fn check_summary(config: &Config) -> String {
             imds.hop_limit,
         );
     }
+    if let Some(k) = &config.kubernetes {
+        let jwks = match &k.jwks {
+            crate::config::JwksSource::ApiServer { url, .. } => format!("api_server {url}"),
+            crate::config::JwksSource::Discovery { .. } => "discovery".to_string(),
+            crate::config::JwksSource::File(p) => format!("file {}", p.display()),
+        };
+        let _ = writeln!(
+            out,
+            "kubernetes: issuer {} audiences {:?} keys from {jwks} cluster {} node {} session idle {} max sessions {}",
+            k.issuer,
+            k.audiences,
+            k.cluster_name.as_deref().unwrap_or("none"),
+            k.node_name.as_deref().unwrap_or("any"),
+            humantime::format_duration(k.session_idle),
+            k.max_sessions,
+        );
+    }
     for r in &config.roles {
         let s = &r.spec;
         let mut line = format!(
@@ -62,6 +79,19 @@ pub fn check_summary(config: &Config) -> String {
         }
         if let Some(base) = s.source_role() {
             let _ = write!(line, " chained from {base:?}");
+        }
+        if let Some(w) = &s.workload {
+            let accounts: Vec<String> =
+                w.service_accounts.iter().map(ToString::to_string).collect();
+            let _ = write!(
+                line,
+                " service accounts [{}] session scope {}",
+                accounts.join(", "),
+                w.scope.as_str()
+            );
+            if let Some(t) = &w.session_template {
+                let _ = write!(line, " caller sessions {t:?}");
+            }
         }
         let _ = write!(
             line,

@@ -7,10 +7,14 @@
 //! here, so a bad value fails at load time instead of as an `AccessDenied` at 3 a.m.
 
 pub mod file;
+pub mod kubernetes;
 pub mod relative_uri;
 mod role;
 mod sts;
 
+pub use kubernetes::{
+    JwksSource, KubernetesConfig, ServiceAccountPattern, SessionScope, WorkloadAccess,
+};
 pub use role::{
     AssertionSource, CHAINED_MAX_DURATION, LocalUser, Mfa, RoleConfig, RoleKind, RoleSpec,
 };
@@ -70,6 +74,8 @@ pub struct Config {
     /// The audit trail file; `None` when there is no `[audit]` table.
     pub audit: Option<AuditConfig>,
     pub roles: Vec<Arc<RoleConfig>>,
+    /// Kubernetes workload identity (DESIGN.md §7); `None` without a `[kubernetes]` table.
+    pub kubernetes: Option<KubernetesConfig>,
     /// Problems that do not stop the broker (loose token file modes, roles nobody can fetch).
     pub warnings: Vec<String>,
 }
@@ -374,7 +380,15 @@ struct RawImds {
 }
 
 const TOP_LEVEL_TABLES: &[&str] = &[
-    "sts", "source", "refresh", "ecs", "admin", "imds", "audit", "role",
+    "sts",
+    "source",
+    "refresh",
+    "ecs",
+    "admin",
+    "imds",
+    "audit",
+    "role",
+    "kubernetes",
 ];
 const AUDIT_KEYS: &[&str] = &["path"];
 const STS_KEYS: &[&str] = &[
@@ -519,12 +533,27 @@ impl Config {
             .map(|raw| build_listener(&mut p, "ecs", raw, DEFAULT_ECS_LISTEN));
         let admin = section::<RawListener>(&mut p, &table, "admin", LISTENER_KEYS)
             .map(|raw| build_listener(&mut p, "admin", raw, DEFAULT_ADMIN_LISTEN));
-        let roles = role::build_roles(
+        let mut roles = role::build_roles(
             &mut p,
             table.get("role"),
             refresh.as_ref(),
             source.as_ref(),
             ctx,
+        );
+        let kubernetes = table.get("kubernetes").and_then(|v| {
+            deserialize_known::<kubernetes::RawKubernetes>(
+                &mut p,
+                Scope::Table("kubernetes"),
+                v,
+                kubernetes::KUBERNETES_KEYS,
+            )
+            .and_then(|raw| kubernetes::build_kubernetes(&mut p, raw, &|k| std::env::var(k).ok()))
+        });
+        kubernetes::finish_roles(
+            &mut p,
+            &mut roles,
+            kubernetes.as_ref(),
+            table.contains_key("kubernetes"),
         );
         let imds = match table.get("imds") {
             None => None,
@@ -562,6 +591,7 @@ impl Config {
                 && r.relative_uri_id.is_none()
                 && !is_imds_role
                 && r.local_users.is_empty()
+                && r.spec.workload.is_none()
             {
                 p.warn(
                     &Scope::Role(r.name.clone()),
@@ -585,6 +615,7 @@ impl Config {
                     imds,
                     audit,
                     roles,
+                    kubernetes,
                     warnings: p.warnings,
                 })
             }

@@ -475,8 +475,28 @@ pub fn role_policies(
         } => {
             let up = inherited(config, role);
             let mut actions = vec!["sts:AssumeRole"];
-            if !tags.is_empty() || !up.transitive_tag_keys.is_empty() {
+            // Kubernetes callers with their own sessions: the broker tags each session with
+            // the caller (EKS Pod Identity's keys, transitive).
+            let caller_tags = spec
+                .workload
+                .as_ref()
+                .map(|w| {
+                    w.scope.caller_tag_keys(
+                        config
+                            .kubernetes
+                            .as_ref()
+                            .is_some_and(|k| k.cluster_name.is_some()),
+                    )
+                })
+                .unwrap_or_default();
+            if !tags.is_empty() || !up.transitive_tag_keys.is_empty() || !caller_tags.is_empty() {
                 actions.push("sts:TagSession");
+            }
+            if !caller_tags.is_empty() {
+                notes.push(format!(
+                    "sts:TagSession (trust and permission policy): each Kubernetes caller session is tagged with {} (transitive), as EKS Pod Identity does; policies can test aws:PrincipalTag/kubernetes-namespace",
+                    quoted_keys(caller_tags.iter().copied())
+                ));
             }
             if !tags.is_empty() {
                 notes.push(format!(
@@ -1101,6 +1121,37 @@ mod tests {
                 notes: &["sends session tags (\"team\")"],
             },
         ]
+    }
+
+    #[test]
+    fn kubernetes_caller_sessions_need_tag_session() {
+        let cfg = config_with(
+            "[kubernetes]\nissuer = \"https://k\"\naudiences = [\"a\"]\njwks = \"/dev/null\"\ncluster_name = \"c\"\n",
+            &format!(
+                "{}\n{}",
+                assume(
+                    "pods",
+                    "service_accounts = [\"ns/sa\"]\nsession_scope = \"pod\""
+                ),
+                assume(
+                    "shared",
+                    "service_accounts = [\"ns/sa\"]\nsession_scope = \"role\""
+                )
+            ),
+        );
+        let pods = policies_json(&cfg, "pods");
+        assert_eq!(
+            pods["trust_policy"]["Statement"][0]["Action"],
+            json!(["sts:AssumeRole", "sts:TagSession"]),
+            "{pods:#}"
+        );
+        assert!(pods.to_string().contains("kubernetes-pod-uid"), "{pods:#}");
+        let shared = policies_json(&cfg, "shared");
+        assert_eq!(
+            shared["trust_policy"]["Statement"][0]["Action"],
+            json!(["sts:AssumeRole"]),
+            "one shared session carries no caller tags: {shared:#}"
+        );
     }
 
     #[test]

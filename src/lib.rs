@@ -48,6 +48,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cache::session::{CallerSessions, SpawnLoop};
 use crate::cache::{CredentialCache, RoleKey, RoleSlot, SlotUses};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -145,6 +146,10 @@ pub struct Broker {
     audit: Option<audit::AuditLog>,
     /// `revoke_before` times that were ahead of the clock → the moment they took effect.
     revoke_clamp: std::sync::Mutex<HashMap<SystemTime, SystemTime>>,
+    /// Per-caller sessions (Kubernetes workloads, §7).
+    sessions: Arc<CallerSessions>,
+    /// The service-account token verifier of the current `[kubernetes]`.
+    kubernetes: std::sync::Mutex<Option<Arc<identity::Kubernetes>>>,
 }
 
 impl Broker {
@@ -233,7 +238,44 @@ impl Broker {
             roles: HashMap::new(),
             tokens: TokenIndex::default(),
             local: identity::LocalUsers::default(),
+            kubernetes: None,
         }));
+        let refresh_stop = CancellationToken::new();
+        let refreshers = TaskTracker::new();
+        let sessions = {
+            let (idle, max) = session_limits(&current);
+            let cache = Arc::clone(&cache);
+            let config = Arc::clone(&config);
+            let tracker = refreshers.clone();
+            let parent = refresh_stop.clone();
+            // A session's loop ends when the session is dropped (idle, LRU, reload) or at
+            // shutdown; its credentials leave the cache with it.
+            let spawn: SpawnLoop = Arc::new(move |slot: Arc<RoleSlot>, stop: CancellationToken| {
+                let cache = Arc::clone(&cache);
+                let config = Arc::clone(&config);
+                let parent = parent.clone();
+                tracker.spawn(async move {
+                    tokio::select! {
+                        () = refresh::role_loop(Arc::clone(&cache), Arc::clone(&slot), config, stop.clone(), Duration::ZERO) => {}
+                        () = parent.cancelled() => {}
+                    }
+                    cache.remove(&slot.key).await;
+                });
+            });
+            CallerSessions::new(idle, max, spawn, Arc::clone(&metrics))
+        };
+        {
+            let sessions = Arc::clone(&sessions);
+            let stop = refresh_stop.clone();
+            refreshers.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(sessions.sweep_every()) => sessions.sweep(),
+                        () = stop.cancelled() => return,
+                    }
+                }
+            });
+        }
 
         let broker = Broker {
             config,
@@ -242,9 +284,9 @@ impl Broker {
             cache,
             metrics,
             listeners_stop: CancellationToken::new(),
-            refresh_stop: CancellationToken::new(),
+            refresh_stop,
             listeners: TaskTracker::new(),
-            refreshers: TaskTracker::new(),
+            refreshers,
             role_tasks: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             ecs_addrs: local_addrs(&ecs_listeners),
@@ -252,6 +294,8 @@ impl Broker {
             imds_addrs: local_addrs(&imds_listeners),
             audit,
             revoke_clamp: std::sync::Mutex::new(HashMap::new()),
+            sessions,
+            kubernetes: std::sync::Mutex::new(None),
         };
         broker
             .apply_roles(&current, &HashMap::new(), current.refresh.startup_spread)
@@ -262,6 +306,7 @@ impl Broker {
             cache: Arc::clone(&broker.cache),
             metrics: Arc::clone(&broker.metrics),
             audit: broker.audit.clone(),
+            sessions: Arc::clone(&broker.sessions),
         });
         let mut ecs_limits = ecs_limits;
         ecs_limits.owners = attribution(&broker.state);
@@ -289,6 +334,7 @@ impl Broker {
             });
         }
         let admin_ctx = Arc::new(admin::AdminContext {
+            sessions: Arc::clone(&broker.sessions),
             state: Arc::clone(&broker.state),
             cache: Arc::clone(&broker.cache),
             metrics: Arc::clone(&broker.metrics),
@@ -484,12 +530,33 @@ impl Broker {
                 roles.insert(role.name.clone(), slot);
             }
         }
+        // Keep the verifier (and the keys it holds) unless [kubernetes] changed.
+        let kubernetes = {
+            let mut held = self.kubernetes.lock().expect("kubernetes lock poisoned");
+            match (&*held, &config.kubernetes) {
+                (Some(k), Some(c)) if k.verifier.config() == c => Some(Arc::clone(k)),
+                (old, Some(c)) => {
+                    let k = identity::Kubernetes::start(c, &self.metrics);
+                    if old.is_some() {
+                        // cluster_name, audiences, ...: sessions start anew with the new table.
+                        self.sessions.clear();
+                    }
+                    *held = Some(Arc::clone(&k));
+                    Some(k)
+                }
+                (_, None) => {
+                    *held = None;
+                    None
+                }
+            }
+        };
         // Publish first: requests move to the new slots before the old ones are dropped.
         self.state.store(Arc::new(Snapshot {
             config: Arc::clone(config),
             roles: roles.clone(),
             tokens: TokenIndex::build(config),
             local: identity::LocalUsers::build(config),
+            kubernetes,
         }));
         for (name, slot) in old {
             if roles.get(name).is_some_and(|s| Arc::ptr_eq(s, slot)) {
@@ -504,6 +571,7 @@ impl Broker {
             if let Some(stop) = tasks.remove(&slot.key) {
                 stop.cancel();
             }
+            self.sessions.remove_role(&slot.key);
             self.cache.remove(&slot.key).await;
             if !roles.contains_key(name) {
                 self.metrics.forget_role(name);
@@ -561,6 +629,11 @@ impl Broker {
                 "[imds] listen / hop_limit / limits (or adding/removing [imds])",
             ));
         }
+        if session_limits(&new) != session_limits(&current) {
+            return Err(ReloadError::Rejected(
+                "[kubernetes] session_idle / max_sessions",
+            ));
+        }
         // A new broker-wide revoke_before also drops the SDK's cached [source] credentials
         // (a revoked IRSA / instance role session of the broker itself).
         let revoke_source = new.refresh.revoke_before.is_some()
@@ -602,6 +675,7 @@ impl Broker {
     /// Stops accepting, lets open requests finish (bounded by [`SHUTDOWN_GRACE`]) and stops
     /// the refresh tasks.
     pub async fn shutdown(self) {
+        self.sessions.clear();
         self.listeners_stop.cancel();
         self.refresh_stop.cancel();
         self.listeners.close();
@@ -634,6 +708,16 @@ async fn bind_all(
         out.push(l);
     }
     Ok(out)
+}
+
+/// `[kubernetes]` `session_idle` and `max_sessions` (defaults without the table): fixed
+/// for the life of the process.
+fn session_limits(c: &Config) -> (Duration, u64) {
+    c.kubernetes
+        .as_ref()
+        .map_or((Duration::from_secs(2 * 3600), 10_000), |k| {
+            (k.session_idle, k.max_sessions)
+        })
 }
 
 /// The fixed limits of a listener: its configured `max_connections`, lowered to its share of

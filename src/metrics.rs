@@ -22,8 +22,15 @@
 //! | `sts_broker_sts_endpoint_healthy` | gauge | sts_endpoint |
 //! | `sts_broker_sts_call_rate` | gauge | — |
 //! | `sts_broker_revocations_total` | counter | role |
+//! | `sts_broker_token_verifications_total` | counter | outcome (ok, cached, or the refusal reason) |
+//! | `sts_broker_jwks_fetches_total` | counter | outcome (ok, error) |
+//! | `sts_broker_jwks_keys` | gauge | — |
+//! | `sts_broker_jwks_age_seconds` | gauge | — (since the last successful fetch; -1: never) |
+//! | `sts_broker_caller_sessions` | gauge | role |
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
@@ -54,6 +61,76 @@ pub struct Metrics {
     endpoint_healthy: IntGaugeVec,
     sts_rate: Gauge,
     revocations: IntCounterVec,
+    k8s: K8sMetrics,
+}
+
+/// Kubernetes workload identity (§7): verification outcomes, the keys, caller sessions.
+#[derive(Debug, Clone)]
+struct K8sMetrics {
+    verifications: IntCounterVec,
+    /// `verifications{outcome="cached"}` and `{outcome="ok"}`, resolved once: the cached one is
+    /// counted on every request of a known token (a label lookup takes a lock and a hash).
+    cached: prometheus::IntCounter,
+    verified: prometheus::IntCounter,
+    jwks_fetches: IntCounterVec,
+    jwks_keys: IntGauge,
+    jwks_age: IntGauge,
+    /// Unix seconds of the last successful JWKS fetch; the age is computed at scrape time.
+    jwks_last_ok: Arc<AtomicU64>,
+    sessions: IntGaugeVec,
+}
+
+impl K8sMetrics {
+    fn new(registry: &Registry) -> K8sMetrics {
+        let verifications = IntCounterVec::new(
+            Opts::new(
+                "token_verifications_total",
+                "Service-account token verifications by outcome (ok, cached, or why refused)",
+            )
+            .namespace(NS),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let m = K8sMetrics {
+            cached: verifications.with_label_values(&["cached"]),
+            verified: verifications.with_label_values(&["ok"]),
+            verifications,
+            jwks_fetches: IntCounterVec::new(
+                Opts::new("jwks_fetches_total", "Fetches of the cluster signing keys")
+                    .namespace(NS),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            jwks_keys: IntGauge::with_opts(
+                Opts::new("jwks_keys", "Signing keys held").namespace(NS),
+            )
+            .expect("valid metric"),
+            jwks_age: IntGauge::with_opts(
+                Opts::new(
+                    "jwks_age_seconds",
+                    "Seconds since the signing keys were last fetched successfully (-1: never)",
+                )
+                .namespace(NS),
+            )
+            .expect("valid metric"),
+            jwks_last_ok: Arc::new(AtomicU64::new(0)),
+            sessions: IntGaugeVec::new(
+                Opts::new("caller_sessions", "Per-caller STS sessions held, by role").namespace(NS),
+                &["role"],
+            )
+            .expect("valid metric"),
+        };
+        for c in [
+            Box::new(m.verifications.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.jwks_fetches.clone()),
+            Box::new(m.jwks_keys.clone()),
+            Box::new(m.jwks_age.clone()),
+            Box::new(m.sessions.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
 }
 
 const NS: &str = "sts_broker";
@@ -224,7 +301,9 @@ impl Metrics {
         for outcome in ["ok", "error", "rejected"] {
             reloads.with_label_values(&[outcome]);
         }
+        let k8s = K8sMetrics::new(&registry);
         Metrics {
+            k8s,
             registry,
             requests,
             latency: ["ecs", "imds", "admin"].map(|e| request_duration.with_label_values(&[e])),
@@ -359,8 +438,47 @@ impl Metrics {
         let _ = self.failures.remove_label_values(&[role]);
     }
 
+    /// Counts a token verification: `ok`, `cached` or a refusal reason.
+    pub fn observe_verification(&self, outcome: &str) {
+        match outcome {
+            "cached" => self.k8s.cached.inc(),
+            "ok" => self.k8s.verified.inc(),
+            other => self.k8s.verifications.with_label_values(&[other]).inc(),
+        }
+    }
+
+    /// Counts a JWKS fetch; on success `keys` held and `now` (Unix seconds).
+    pub fn observe_jwks_fetch(&self, ok: bool, keys: Option<usize>, now: u64) {
+        self.k8s
+            .jwks_fetches
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+        if let Some(n) = keys {
+            self.k8s.jwks_keys.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        if ok {
+            self.k8s.jwks_last_ok.store(now.max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Adds `delta` to the caller sessions held for `role`.
+    pub fn add_caller_sessions(&self, role: &str, delta: i64) {
+        self.k8s.sessions.with_label_values(&[role]).add(delta);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> Vec<u8> {
+        let last = self.k8s.jwks_last_ok.load(Ordering::Relaxed);
+        let age = if last == 0 {
+            -1
+        } else {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            i64::try_from(now.saturating_sub(last)).unwrap_or(i64::MAX)
+        };
+        self.k8s.jwks_age.set(age);
         let mut out = Vec::with_capacity(8192);
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

@@ -10,6 +10,7 @@ use subtle::ConstantTimeEq;
 
 use crate::cache::{CredentialCache, RoleSlot};
 use crate::config::Config;
+use crate::identity;
 use crate::identity::LocalUsers;
 
 /// Everything a handler needs to answer, consistent within one request.
@@ -20,6 +21,8 @@ pub struct Snapshot {
     pub tokens: TokenIndex,
     /// Callers by socket owner (`local_users`).
     pub local: LocalUsers,
+    /// Service-account token verification; `None` without `[kubernetes]`.
+    pub kubernetes: Option<Arc<identity::Kubernetes>>,
 }
 
 impl Snapshot {
@@ -126,6 +129,14 @@ impl TokenIndex {
     /// The SHA-256 of a presented token (also its audit fingerprint, truncated).
     pub fn digest(token: &[u8]) -> [u8; 32] {
         digest(token)
+    }
+
+    /// The roles the token with SHA-256 `d` may fetch (empty: not a known token).
+    pub fn roles_of(&self, d: &[u8; 32]) -> &[Arc<str>] {
+        match self.by_digest.get_key_value(d) {
+            Some((stored, roles)) if bool::from(stored.ct_eq(d)) => roles,
+            _ => &[],
+        }
     }
 
     /// What the token with SHA-256 `d` may do for `role`.

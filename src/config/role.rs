@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::kubernetes::{self, SessionScope, WorkloadAccess};
 use super::{
     LoadContext, Problems, RefreshConfig, Scope, SourceConfig, check_external_id, check_policy_arn,
     check_role_arn, check_role_name, check_session_name, check_source_identity, check_tag,
@@ -91,6 +92,10 @@ pub struct RoleSpec {
     pub policy: Option<String>,
     /// Obtain at start-up (and keep warm) rather than on first request.
     pub prefetch: bool,
+    /// `service_accounts` + `session_scope`: the Kubernetes workloads admitted (§7). With a
+    /// per-caller scope, `session_name` is a template whose caller placeholders are filled
+    /// per session.
+    pub workload: Option<WorkloadAccess>,
 }
 
 /// The STS API a role uses, with its own parameters.
@@ -228,14 +233,15 @@ struct RawRole {
     token_files: Vec<PathBuf>,
     #[serde(default)]
     tokens: Vec<String>,
-    #[serde(default = "default_true")]
-    prefetch: bool,
+    prefetch: Option<bool>,
     #[serde(default = "default_true")]
     relative_uri: bool,
     relative_uri_id: Option<String>,
     /// Checked by hand so that a wrong type names the key.
     local_users: Option<toml::Value>,
     revoke_before: Option<String>,
+    service_accounts: Option<Vec<String>>,
+    session_scope: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -256,6 +262,8 @@ const COMMON_KEYS: &[&str] = &[
     "relative_uri_id",
     "local_users",
     "revoke_before",
+    "service_accounts",
+    "session_scope",
 ];
 
 /// The kinds and the keys each adds to [`COMMON_KEYS`].
@@ -521,17 +529,57 @@ fn build_role(p: &mut Problems, raw: RawRole, ctx: &LoadContext) -> Option<RoleC
         }
         (None, _) => None,
     };
+    let workload = kubernetes::build_access(
+        p,
+        &scope,
+        kind_name,
+        raw.service_accounts.clone(),
+        raw.session_scope.clone(),
+    );
+    let mut workload = workload;
+    let caller_scope = workload.as_ref().map(|w| w.scope);
     let session_name = match kind_name {
         "assume_role" | "web_identity" => {
-            let template = raw.session_name.as_deref().unwrap_or(DEFAULT_SESSION_NAME);
+            let template = raw.session_name.as_deref().unwrap_or_else(|| {
+                caller_scope
+                    .and_then(kubernetes::default_session_name)
+                    .unwrap_or(DEFAULT_SESSION_NAME)
+            });
             let name = expand_session_name(template, &ctx.hostname);
-            if let Err(why) = check_session_name(&name) {
+            // Caller placeholders are filled per session and `{cluster}` once [kubernetes]
+            // is read; the rest is checked now.
+            if kubernetes::has_caller_placeholders(&name) || name.contains("{cluster}") {
+                let fixed = name.replace("{cluster}", "");
+                if let Err(why) = kubernetes::check_template(&fixed, caller_scope) {
+                    err(p, "session_name", why);
+                }
+            } else if let Err(why) = check_session_name(&name) {
                 err(p, "session_name", why);
             }
-            Some(name)
+            match workload.as_mut() {
+                // Per-caller names: the template goes to the sessions; the role's own
+                // session (static tokens) gets the default name.
+                Some(w) if kubernetes::has_caller_placeholders(&name) => {
+                    w.session_template = Some(name);
+                    Some(expand_session_name(DEFAULT_SESSION_NAME, &ctx.hostname))
+                }
+                _ => Some(name),
+            }
         }
         _ => None,
     };
+    if caller_scope.is_some_and(|s| s != SessionScope::Role)
+        && session_name.is_some()
+        && workload
+            .as_ref()
+            .is_some_and(|w| w.session_template.is_none())
+    {
+        p.warn(
+            &scope,
+            "session_name",
+            "has no {namespace}/{service_account}/{pod}: every caller session gets the same name, so CloudTrail cannot tell them apart",
+        );
+    }
     let max = match kind_name {
         "session_token" | "federation_token" => MAX_TOKEN_DURATION,
         _ => MAX_ROLE_DURATION,
@@ -731,7 +779,12 @@ fn build_role(p: &mut Problems, raw: RawRole, ctx: &LoadContext) -> Option<RoleC
             duration,
             policy_arns: raw.policy_arns,
             policy: raw.policy,
-            prefetch: raw.prefetch,
+            // A role only Kubernetes callers use, each through a session of their own, has
+            // nothing to prefetch: its own session would serve no one.
+            prefetch: raw.prefetch.unwrap_or(
+                !(caller_scope.is_some_and(|s| s != SessionScope::Role) && tokens.is_empty()),
+            ),
+            workload,
         },
         tokens,
         token_files: raw.token_files,

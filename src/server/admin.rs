@@ -43,6 +43,8 @@ const ENDPOINT: &str = "admin";
 /// What the admin handler reads.
 #[derive(Debug, Clone)]
 pub struct AdminContext {
+    /// Per-caller sessions, counted per role in `/v1/roles`.
+    pub sessions: Arc<crate::cache::session::CallerSessions>,
     pub state: Arc<ArcSwap<Snapshot>>,
     pub cache: Arc<CredentialCache>,
     pub metrics: Arc<Metrics>,
@@ -185,9 +187,22 @@ async fn role_json(ctx: &AdminContext, slot: &RoleSlot) -> Value {
 async fn roles(ctx: &AdminContext, snap: &Snapshot) -> Response<Body> {
     let mut names: Vec<&String> = snap.roles.keys().collect();
     names.sort();
+    let sessions = ctx.sessions.count_by_role();
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        out.push(role_json(ctx, &snap.roles[name]).await);
+        let mut role = role_json(ctx, &snap.roles[name]).await;
+        let slot = &snap.roles[name];
+        if let Some(w) = &slot.config.spec.workload {
+            role["service_accounts"] = json!(
+                w.service_accounts
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            );
+            role["session_scope"] = json!(w.scope.as_str());
+            role["sessions"] = json!(sessions.get(name.as_str()).copied().unwrap_or(0));
+        }
+        out.push(role);
     }
     http::json_response(StatusCode::OK, Bytes::from(Value::Array(out).to_string()))
 }
@@ -206,6 +221,9 @@ async fn refresh(
         );
     };
     tracing::info!(role = name, %peer, "forced refresh requested");
+    // Kubernetes caller sessions of the role go too: the next request of each caller assumes
+    // the role anew.
+    ctx.sessions.remove_role(&slot.key);
     // Whether the back-off gate is closed now: then the answer below costs no STS call.
     let backing_off = slot
         .status()

@@ -169,6 +169,7 @@ pub async fn handle(
     }
     if let (Some(audit), Counted::Credentials { slot, served }) = (&ctx.audit, counted) {
         audit.record(AuditRecord {
+            workload: None,
             time: SystemTime::now(),
             endpoint: ENDPOINT,
             peer,

@@ -323,3 +323,102 @@ async fn fuzz_requests_on_every_listener() {
     assert_eq!(broker.ecs_get("other", Some(TOKEN)).await.status, 403);
     assert_eq!(broker.admin_get("/healthz").await.status, 200);
 }
+
+/// The service-account token parser and verifier (`identity::jwt`), in process, against a
+/// JWKS of freshly generated keys. Properties: it never panics, and nothing but the exact
+/// tokens the issuer signed verifies — no edit of a valid token (header, claims, signature,
+/// `alg`, `kid`) is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzz_service_account_tokens() {
+    use crate::issuer::{Pod, SigningKey, jwks_of};
+    use jsonwebtoken::Algorithm;
+    use std::sync::Arc;
+
+    let keys = [
+        Arc::new(SigningKey::generate("rsa-1", Algorithm::RS256)),
+        Arc::new(SigningKey::generate("ec-1", Algorithm::ES256)),
+    ];
+    let dir = ConfigDir::new();
+    let jwks = dir.write("jwks.json", &jwks_of(&keys));
+    let issuer = "https://issuer.fuzz";
+    let config = sts_broker::config::Config::parse(
+        &format!(
+            "[sts]\nregion = \"us-east-1\"\n[kubernetes]\nissuer = \"{issuer}\"\naudiences = [\"{}\"]\njwks = {:?}\n[[role]]\nname = \"a\"\narn = \"arn:aws:iam::123456789012:role/a\"\nservice_accounts = [\"ns/*\"]\n",
+            crate::issuer::AUDIENCE,
+            jwks.display().to_string()
+        ),
+        "fuzz.toml",
+        &sts_broker::config::LoadContext {
+            hostname: "fuzz-host".into(),
+        },
+    )
+    .unwrap();
+    let k8s = config.kubernetes.clone().unwrap();
+    let metrics = Arc::new(sts_broker::metrics::Metrics::new());
+    let store = sts_broker::identity::jwks::Jwks::new(&k8s, Arc::clone(&metrics));
+    store.refetch_for_unknown_kid().await;
+    let verifier = sts_broker::identity::jwt::Verifier::new(k8s, store, metrics);
+
+    // Valid tokens minted now, plus the corpus (shapes: none, HS256, legacy, nested JSON).
+    let mut valid = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let pod = Pod::new("ns", "sa", &format!("pod-{i}"));
+        let mut claims = serde_json::json!({});
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        claims["iss"] = issuer.into();
+        claims["aud"] = serde_json::json!([crate::issuer::AUDIENCE]);
+        claims["exp"] = (now + 3600).into();
+        claims["iat"] = now.into();
+        claims["sub"] = "system:serviceaccount:ns:sa".into();
+        claims["kubernetes.io"] = serde_json::json!({
+            "namespace": pod.namespace,
+            "serviceaccount": {"name": "sa", "uid": "u"},
+            "pod": {"name": pod.name, "uid": pod.uid},
+        });
+        valid.push(crate::issuer::sign_with(k, &claims).into_bytes());
+    }
+    let mut inputs = corpus("jwt");
+    inputs.extend(valid.iter().cloned());
+    let (mut rng, seed) = Rng::seeded();
+    let mut accepted = 0u64;
+    let mut check = async |input: &[u8]| {
+        let digest = sha_digest(input);
+        let outcome = verifier.verify(input, &digest).await;
+        if outcome.is_ok() {
+            if !valid.iter().any(|v| v == input) {
+                let p = save_failure("jwt", input);
+                panic!(
+                    "a token the issuer never signed was accepted: {} (seed {seed})",
+                    p.display()
+                );
+            }
+            accepted += 1;
+        }
+    };
+    for input in &inputs {
+        check(input).await;
+    }
+    let deadline = Instant::now() + budget();
+    let mut runs = 0u64;
+    while Instant::now() < deadline {
+        let a = &inputs[rng.below(inputs.len())];
+        let b = &inputs[rng.below(inputs.len())];
+        let mut m = mutate(&mut rng, a, b);
+        // Mostly edits that keep the JWT alphabet, so the mutant reaches the verifier.
+        if rng.below(4) != 0 {
+            m.retain(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c));
+        }
+        check(&m).await;
+        runs += 1;
+    }
+    assert!(accepted >= 2, "the valid tokens verify");
+    eprintln!("fuzz jwt: {runs} inputs, seed {seed}");
+}
+
+fn sha_digest(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
+}

@@ -16,6 +16,8 @@ mod hardening2;
 mod helpers;
 mod iam;
 mod imds;
+mod issuer;
+mod k8s;
 mod kinds;
 mod lifecycle;
 mod local_users;

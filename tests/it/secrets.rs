@@ -111,3 +111,61 @@ async fn no_secret_in_trace_logs_metrics_status_or_errors() {
     );
     assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
 }
+
+/// Service-account tokens (bearer credentials of the pods) and the credentials of caller
+/// sessions stay out of trace logs, metrics, `/v1/roles` and the audit trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_service_account_token_or_session_secret_anywhere() {
+    use crate::issuer::{Pod, TestIssuer};
+    use crate::k8s::{ecs, k8s_table, sa_role, start_broker};
+    let sts = FakeSts::start().await;
+    sts.set_secret_marker(MARKER);
+    let issuer = TestIssuer::start().await;
+    let dir = ConfigDir::new();
+    let jwks = dir.write("jwks.json", &issuer.jwks());
+    let audit = dir.path().join("audit.jsonl");
+    let config = config_head(&sts.url())
+        + &k8s_table(&issuer, &jwks.display().to_string(), "")
+        + &sa_role("app", &["ns/sa"], "session_scope = \"pod\"")
+        + &format!("\n[audit]\npath = {:?}\n", audit.display().to_string());
+    let broker = start_broker(&dir, &config, "trace").await;
+    let good = issuer.token(&Pod::new("ns", "sa", "p-1"), "rsa-1");
+    let r = ecs(&broker, "/v1/credentials/app", &good).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains(MARKER));
+    let mut expired = issuer.claims(&Pod::new("ns", "sa", "p-2"));
+    expired["exp"] = serde_json::json!(1);
+    let refused = issuer.sign(&expired, "ec-1");
+    assert_eq!(
+        ecs(&broker, "/v1/credentials/app", &refused).await.status,
+        401
+    );
+    let wrong_role = issuer.token(&Pod::new("other", "sa", "p-3"), "rsa-1");
+    assert_eq!(
+        ecs(&broker, "/v1/credentials/app", &wrong_role)
+            .await
+            .status,
+        403
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await; // audit flush
+
+    let metrics = broker.admin_get("/metrics").await.body;
+    let roles = broker.admin_get("/v1/roles").await.body;
+    let trail = std::fs::read_to_string(&audit).unwrap();
+    let logs = broker.logs();
+    for (what, text) in [
+        ("logs", &logs),
+        ("metrics", &metrics),
+        ("/v1/roles", &roles),
+        ("audit", &trail),
+    ] {
+        assert!(!text.contains(MARKER), "session secret in {what}");
+        for t in [&good, &refused, &wrong_role] {
+            let sig = t.rsplit('.').next().unwrap();
+            assert!(!text.contains(sig), "a token in {what}");
+            let payload = t.split('.').nth(1).unwrap();
+            assert!(!text.contains(payload), "a token's claims part in {what}");
+        }
+    }
+    assert!(trail.contains("\"pod\":\"p-1\""), "the caller is audited");
+}

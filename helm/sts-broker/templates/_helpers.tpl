@@ -115,6 +115,12 @@ Validates the values once; every template that renders something includes it.
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if and .Values.workloadIdentity.enabled (ne .Values.mode "daemonset") }}
+{{- fail "workloadIdentity: service-account tokens are verified by the node's broker; use mode \"daemonset\"" }}
+{{- end }}
+{{- if and .Values.config.kubernetes (not .Values.workloadIdentity.enabled) }}
+{{- fail "config.kubernetes is rendered with workloadIdentity.enabled: true (which also wires NODE_NAME and the API server access)" }}
+{{- end }}
 {{- if and (eq .Values.mode "daemonset") .Values.metrics.serviceMonitor.enabled }}
 {{- $admin := include "sts-broker.listen" (dict "root" . "section" "admin") | fromJsonArray | first }}
 {{- if include "sts-broker.isLoopback" (include "sts-broker.host" $admin) }}
@@ -254,7 +260,12 @@ numbers and booleans as they are, lists as arrays, maps as inline tables.
 {{- include "sts-broker.toml.table" $t }}
 {{- end }}
 {{- /* Any other table ([audit], ...) as it is. */}}
-{{- range $table, $t := omit $c "sts" "source" "refresh" "ecs" "admin" "imds" }}
+{{- if .Values.workloadIdentity.enabled }}
+
+[kubernetes]
+{{- include "sts-broker.podIdentity.table" . }}
+{{- end }}
+{{- range $table, $t := omit $c "sts" "source" "refresh" "ecs" "admin" "imds" "kubernetes" }}
 {{- if $t }}
 
 [{{ $table }}]
@@ -288,6 +299,13 @@ args: ["serve", "-c", "{{ include "sts-broker.configDir" . }}/config.toml"{{ if 
 env:
   - name: RUST_LOG
     value: {{ .Values.logLevel | quote }}
+  {{- if .Values.workloadIdentity.enabled }}
+  # [kubernetes] node_name = "${NODE_NAME}": tokens bound to other nodes are refused.
+  - name: NODE_NAME
+    valueFrom:
+      fieldRef:
+        fieldPath: spec.nodeName
+  {{- end }}
   {{- with .Values.extraEnv }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
