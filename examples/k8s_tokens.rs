@@ -1,5 +1,6 @@
 //! Mints Kubernetes-shaped projected service-account tokens for the benchmarks (bench/k8s.sh):
-//! a fresh RS256 key and ES256 key, the JWKS document, and one token per pod.
+//! an RS256 key (committed, test-only: `tests/keys/`) and a fresh ES256 key, the JWKS document,
+//! and one token per pod.
 //!
 //! ```text
 //! cargo run --release --example k8s_tokens -- DIR ISSUER AUDIENCE NAMESPACE ACCOUNTS PODS
@@ -16,9 +17,8 @@ use serde_json::json;
 
 fn key(kid: &str, alg: Algorithm) -> (EncodingKey, serde_json::Value) {
     let kp = match alg {
-        Algorithm::RS256 => {
-            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
-        }
+        // A committed test-only key: RSA generation needs aws-lc, which the tree does not have.
+        Algorithm::RS256 => rcgen::KeyPair::from_pem(include_str!("../tests/keys/rsa-1.pem")),
         _ => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
     }
     .expect("key generation");

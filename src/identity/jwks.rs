@@ -363,7 +363,7 @@ async fn https_get(
     roots: rustls::RootCertStore,
     bearer: Option<&str>,
 ) -> Result<Vec<u8>, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS set-up: {e}"))?

@@ -2,7 +2,9 @@
 //! issuer: it mints real signed tokens (RS256 and ES256, keys generated per test) with
 //! Kubernetes-shaped claims, and serves the discovery document and the JWKS over HTTPS with
 //! a CA the test makes (rcgen). It can rotate keys, require a bearer token (the API server
-//! path) and go down.
+//! path) and go down. EC keys are generated per test; RSA keys come from a committed pool of
+//! test-only keys (`tests/keys/`: RSA generation is not available with ring). EC keys are generated per test; RSA keys come from a committed pool of
+//! test-only keys (`tests/keys/`: RSA generation is not available with ring).
 
 #![allow(dead_code)]
 
@@ -40,12 +42,15 @@ pub struct SigningKey {
 }
 
 impl SigningKey {
-    /// A fresh key pair (RS256: RSA 2048; ES256: P-256).
+    /// A key pair: ES256 a fresh P-256 key; RS256 the next RSA-2048 key of the committed
+    /// test-only pool (two RS256 keys of one test may be the same key: tests that need a
+    /// different key use ES256).
     pub fn generate(kid: &str, alg: Algorithm) -> SigningKey {
+        static NEXT_RSA: AtomicUsize = AtomicUsize::new(0);
         let kp = match alg {
             Algorithm::RS256 => {
-                rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
-                    .unwrap()
+                let i = NEXT_RSA.fetch_add(1, Ordering::Relaxed) % RSA_POOL.len();
+                rcgen::KeyPair::from_pem(RSA_POOL[i]).unwrap()
             }
             Algorithm::ES256 => {
                 rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
@@ -70,6 +75,18 @@ impl SigningKey {
         }
     }
 }
+
+/// Test-only RSA keys (tests/keys/README.md).
+pub const RSA_POOL: [&str; 8] = [
+    include_str!("../keys/rsa-1.pem"),
+    include_str!("../keys/rsa-2.pem"),
+    include_str!("../keys/rsa-3.pem"),
+    include_str!("../keys/rsa-4.pem"),
+    include_str!("../keys/rsa-5.pem"),
+    include_str!("../keys/rsa-6.pem"),
+    include_str!("../keys/rsa-7.pem"),
+    include_str!("../keys/rsa-8.pem"),
+];
 
 /// Whom a token is for.
 #[derive(Clone, Debug)]
@@ -143,7 +160,7 @@ impl TestIssuer {
             rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
                 .unwrap();
         let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
