@@ -7,10 +7,12 @@
 //! - [`sts`]: the one module that talks to STS (endpoint failover and health in
 //!   [`sts::endpoints`], the adaptive call rate in [`sts::rate`]); [`source`]: the broker's
 //!   own credentials;
-//! - [`cache`]: pre-rendered responses per role, single-flight loads;
+//! - [`identity`]: who is calling (service-account JWTs, the socket's owner);
+//! - [`cache`]: pre-rendered responses per role and caller session, single-flight loads;
 //! - [`refresh`]: the schedule (refresh ahead, jitter, back-off, rate limit);
 //! - [`server`]: the ECS and admin listeners (read the cache, never STS);
-//! - [`state`]: the snapshot handlers read; [`metrics`], [`signals`], [`commands`];
+//! - [`state`]: the snapshot handlers read; [`metrics`], [`signals`], [`commands`],
+//!   [`audit`], [`iam`], [`fdlimit`], [`systemd`], [`logging`];
 //! - this file wires it together: [`Broker`] and [`run`].
 //!
 //! Imports run one way: `config` ← `sts`/`source` ← `refresh` → `cache` ← `server`.
