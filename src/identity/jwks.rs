@@ -18,7 +18,9 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::file::{MAX_SECRET_FILE_BYTES, read_bounded_async};
 use crate::config::{JwksSource, KubernetesConfig};
+use crate::creds::Secret;
 use crate::metrics::Metrics;
 
 /// An unknown `kid` refetches the keys at most this often.
@@ -248,7 +250,7 @@ impl Jwks {
                 if !force_file && *self.file_stamp.lock().expect("stamp lock") == Some(stamp) {
                     return Ok(None);
                 }
-                let doc = tokio::fs::read(path)
+                let doc = read_file(path, MAX_SECRET_FILE_BYTES)
                     .await
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                 *self.file_stamp.lock().expect("stamp lock") = Some(stamp);
@@ -260,16 +262,19 @@ impl Jwks {
                 ca_file,
             } => {
                 let roots = read_ca(ca_file).await?;
-                let token = tokio::fs::read_to_string(token_file).await.map_err(|e| {
-                    format!(
-                        "cannot read the broker's service-account token {}: {e}",
-                        token_file.display()
-                    )
-                })?;
+                let token = read_bounded_async(token_file, MAX_SECRET_FILE_BYTES)
+                    .await
+                    .map(Secret::new)
+                    .map_err(|e| {
+                        format!(
+                            "cannot read the broker's service-account token {}: {e}",
+                            token_file.display()
+                        )
+                    })?;
                 let doc = https_get(
                     &format!("{url}/openid/v1/jwks"),
                     roots,
-                    Some(token.trim_end()),
+                    Some(token.expose().trim_end()),
                 )
                 .await?;
                 Ok(Some(doc))
@@ -337,10 +342,16 @@ fn native_roots() -> rustls::RootCertStore {
     roots
 }
 
+/// The JWKS and CA files are read like every other file the config names: regular files only,
+/// opened without blocking, size-capped (a FIFO or `/dev/zero` there must not wedge the fetcher).
+async fn read_file(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    read_bounded_async(path, cap).await.map(String::into_bytes)
+}
+
 async fn read_ca(path: &Path) -> Result<rustls::RootCertStore, String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
-    let pem = tokio::fs::read(path)
+    let pem = read_file(path, MAX_SECRET_FILE_BYTES)
         .await
         .map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?;
     let mut roots = rustls::RootCertStore::empty();
