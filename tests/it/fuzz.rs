@@ -225,6 +225,13 @@ async fn exchange(addr: SocketAddr, input: &[u8]) -> Vec<u8> {
 
 /// The value of the first `Authorization` header of a raw request head.
 fn first_authorization(input: &[u8]) -> Option<Vec<u8>> {
+    // Empty lines before the request line are skipped, as RFC 9112 §2.2 lets a server (and
+    // hyper) do; otherwise this would read the first request's head as empty.
+    let start = input
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(input.len());
+    let input = &input[start..];
     let head_end = input
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
