@@ -15,6 +15,9 @@
 //! - `socket_owner/*`: the netlink sock_diag lookup of a live loopback connection's owner (what
 //!   a connection costs once, at accept, when some role has `local_users`), the
 //!   `SO_ORIGINAL_DST` read, and the per-request read of the cached owner.
+// Tests and benches time real processes and real sockets: the wall and monotonic clocks
+// are the point here (src/ asks crate::clock instead, see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 use std::fmt::Write as _;
 use std::hint::black_box;

@@ -9,7 +9,7 @@
 //! account `sa-{i % ACCOUNTS}`, alternating RS256 and ES256).
 
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -56,7 +56,7 @@ fn main() {
     ];
     let jwks = json!({"keys": keys.iter().map(|(_, _, (_, j))| j.clone()).collect::<Vec<_>>()});
     std::fs::write(format!("{dir}/jwks.json"), jwks.to_string()).expect("write jwks.json");
-    let now = SystemTime::now()
+    let now = sts_broker::clock::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();

@@ -32,6 +32,7 @@ use std::io::Write as _;
 use tokio::sync::mpsc;
 
 use crate::cache::{RoleSlot, Served};
+use crate::clock;
 use crate::metrics::Metrics;
 
 /// Records waiting to be written before new ones are dropped.
@@ -311,7 +312,7 @@ impl Trail {
                     "cannot write the audit trail; records lost (counted as dropped)"
                 );
                 self.lost_since_warning = 0;
-                self.last_warning = Some(std::time::Instant::now());
+                self.last_warning = Some(clock::instant());
             }
         }
         // Keep the allocation for the next batch.

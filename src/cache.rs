@@ -22,6 +22,7 @@ use futures_util::future::{BoxFuture, Shared};
 use tokio::sync::Notify;
 use zeroize::Zeroizing;
 
+use crate::clock;
 use crate::config::RoleConfig;
 use crate::creds::{Credentials, ErrorClass, FetchError};
 
@@ -336,7 +337,7 @@ impl moka::Expiry<RoleKey, Arc<Served>> for ServeUntil {
         Some(
             value
                 .serve_until
-                .duration_since(SystemTime::now())
+                .duration_since(clock::now())
                 .unwrap_or_default(),
         )
     }
@@ -378,7 +379,7 @@ impl CredentialCache {
     /// The current servable entry, if any. Never waits for STS.
     pub async fn peek(&self, key: &RoleKey) -> Option<Arc<Served>> {
         let served = self.entries.get(key).await?;
-        served.servable(SystemTime::now()).then_some(served)
+        served.servable(clock::now()).then_some(served)
     }
 
     /// The hot path: the cached entry, or — when there is none — the result of the one
@@ -392,7 +393,7 @@ impl CredentialCache {
             return Ok(served);
         }
         match tokio::time::timeout(wait, self.load(slot)).await {
-            Ok(Ok(served)) if served.servable(SystemTime::now()) => Ok(served),
+            Ok(Ok(served)) if served.servable(clock::now()) => Ok(served),
             Ok(Ok(_)) => Err(CacheError::Fetch(FetchError::new(
                 ErrorClass::Transient,
                 None,
@@ -420,7 +421,7 @@ impl CredentialCache {
                                 let served = Served::render(
                                     &task_slot.config,
                                     &c,
-                                    SystemTime::now(),
+                                    clock::now(),
                                     cache.min_remaining(),
                                     task_slot.uses,
                                 );
@@ -486,7 +487,7 @@ impl CredentialCache {
             });
         }
         if !in_flight {
-            slot.update_status(|s| s.last_forced = Some(SystemTime::now()));
+            slot.update_status(|s| s.last_forced = Some(clock::now()));
         }
         // The fetch function's back-off gate answers without calling STS while it is closed.
         let result = self.load(slot).await;

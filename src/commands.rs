@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use crate::clock;
 use crate::config::{Config, SourceConfig};
 use crate::creds::{Credentials, FetchError};
 
@@ -439,7 +440,7 @@ pub async fn assume_once(config: &Config, role: &str) -> Result<Credentials, Str
         signer = Some(
             sts.obtain(r, inputs)
                 .await
-                .and_then(|c| c.validated(r.spec.duration, std::time::SystemTime::now()))
+                .and_then(|c| c.validated(r.spec.duration, clock::now()))
                 .map_err(|e: FetchError| format!("role {:?}: {e}", r.name))?,
         );
     }

@@ -221,6 +221,7 @@ impl FetchError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock;
 
     #[test]
     fn secret_never_prints() {
@@ -264,7 +265,7 @@ mod tests {
 
     #[test]
     fn every_credential_field_is_validated() {
-        let now = SystemTime::now();
+        let now = clock::now();
         let hour = std::time::Duration::from_secs(3600);
         assert!(sample(now).validated(hour, now).is_ok());
         type Breaker = fn(&mut Credentials);
@@ -299,7 +300,7 @@ mod tests {
 
     #[test]
     fn an_expiry_later_than_requested_is_capped() {
-        let now = SystemTime::now();
+        let now = clock::now();
         let mut c = sample(now);
         c.expiration = now + std::time::Duration::from_secs(12 * 3600);
         let c = c

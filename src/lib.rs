@@ -21,6 +21,7 @@
 
 pub mod audit;
 pub mod cache;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod creds;
@@ -428,7 +429,7 @@ impl Broker {
 
     /// `t`, or the moment it was first seen when it is ahead of the clock.
     fn clamp_revoke(&self, t: SystemTime, whose: &str) -> SystemTime {
-        let now = SystemTime::now();
+        let now = clock::now();
         if t <= now {
             return t;
         }

@@ -37,6 +37,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
+use crate::clock;
 use crate::creds::{Credentials, FetchError};
 
 /// Every metric the broker exports.
@@ -472,7 +473,7 @@ impl Metrics {
         let age = if last == 0 {
             -1
         } else {
-            let now = SystemTime::now()
+            let now = clock::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs();

@@ -10,7 +10,7 @@
 //! (`min_remaining = "15m"`), then requests get 503.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
@@ -18,6 +18,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CacheError, CredentialCache, Fetch, RoleSlot};
+use crate::clock;
 use crate::config::{Config, RefreshConfig};
 use crate::creds::{Credentials, ErrorClass, FetchError};
 use crate::metrics::Metrics;
@@ -95,7 +96,7 @@ pub fn fetcher(
             let role = slot.config.name.as_str();
             // The back-off gate: while it is closed, answer with the last error, no STS call.
             let gated = slot.update_status(|s| match (s.retry_not_before, &s.last_error) {
-                (Some(t), Some(e)) if Instant::now() < t => Some(e.clone()),
+                (Some(t), Some(e)) if clock::instant() < t => Some(e.clone()),
                 _ => None,
             });
             if let Some(e) = gated {
@@ -141,20 +142,20 @@ pub fn fetcher(
                 // Cold: a client waits for this call, so it may be hedged.
                 inputs.cold = Box::pin(cache.peek(&slot.key))
                     .await
-                    .is_none_or(|s| !s.servable(SystemTime::now()));
+                    .is_none_or(|s| !s.servable(clock::now()));
                 upstream.limiter.acquire().await;
-                let started = Instant::now();
-                let sent = tokio::time::Instant::now();
+                let started = clock::instant();
+                let sent = clock::tokio_instant();
                 let obtained = Box::pin(upstream.sts.obtain(&slot.config, inputs)).await;
                 adapt_rate(&upstream.limiter, &obtained, sent, &metrics);
                 let result = obtained
-                    .and_then(|c| c.validated(slot.config.spec.duration, SystemTime::now()))
+                    .and_then(|c| c.validated(slot.config.spec.duration, clock::now()))
                     .and_then(|c| check_lifetime(c, config.refresh.min_remaining));
                 metrics.observe_sts_call(role, api, &result, started.elapsed());
                 result
             }
             .await;
-            let now = SystemTime::now();
+            let now = clock::now();
             match &result {
                 Ok(c) => {
                     slot.update_status(|s| {
@@ -186,7 +187,7 @@ pub fn fetcher(
                             rand::rng().random(),
                         );
                         s.last_error = Some(e.clone());
-                        s.retry_not_before = Some(Instant::now() + wait);
+                        s.retry_not_before = Some(clock::instant() + wait);
                         metrics.set_consecutive_failures(role, s.consecutive_failures);
                         wait
                     });
@@ -237,7 +238,7 @@ fn adapt_rate(
 fn check_lifetime(c: Credentials, min_remaining: Duration) -> Result<Credentials, FetchError> {
     let left = c
         .expiration
-        .duration_since(SystemTime::now())
+        .duration_since(clock::now())
         .unwrap_or_default();
     if left <= min_remaining {
         return Err(FetchError::new(
@@ -281,7 +282,7 @@ pub async fn role_loop(
         }
     }
     loop {
-        let now = SystemTime::now();
+        let now = clock::now();
         let refresh = config.load().refresh.clone();
         // Boxed: one of these futures lives per role; keep the idle state small.
         let due = match Box::pin(cache.peek(&slot.key)).await {
@@ -302,7 +303,7 @@ pub async fn role_loop(
         };
         let mut delay = due.duration_since(now).unwrap_or_default();
         if let Some(t) = slot.status().retry_not_before {
-            delay = delay.max(t.saturating_duration_since(Instant::now()));
+            delay = delay.max(t.saturating_duration_since(clock::instant()));
         }
         tokio::select! {
             () = tokio::time::sleep(delay) => {}

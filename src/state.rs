@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::cache::{CredentialCache, RoleSlot};
+use crate::clock;
 use crate::config::Config;
 use crate::identity;
 use crate::identity::LocalUsers;
@@ -39,7 +40,7 @@ impl Snapshot {
             };
             (served_on_imds, i.min_remaining)
         });
-        let now = std::time::SystemTime::now();
+        let now = clock::now();
         for (name, slot) in &self.roles {
             if !slot.config.spec.prefetch {
                 continue;

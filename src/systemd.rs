@@ -7,6 +7,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 
 use crate::Broker;
+use crate::clock;
 
 /// How often readiness is re-checked before `READY=1` is sent: 5 ms at first, doubling up to
 /// 200 ms. Credentials usually arrive within tens of milliseconds of start-up, and a fixed
@@ -43,7 +44,7 @@ pub async fn supervise(broker: &Broker) {
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
     let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let mut ready = false;
-    let mut next_check = tokio::time::Instant::now();
+    let mut next_check = clock::tokio_instant();
     let mut delay = READY_POLL_FIRST;
     loop {
         tokio::select! {
@@ -55,7 +56,7 @@ pub async fn supervise(broker: &Broker) {
                     tracing::info!("ready (notified systemd)");
                 } else {
                     status(&format!("waiting for credentials: {}", waiting.join(", ")));
-                    next_check = tokio::time::Instant::now() + delay;
+                    next_check = clock::tokio_instant() + delay;
                     delay = (delay * 2).min(READY_POLL);
                 }
             }

@@ -1,6 +1,7 @@
 use std::sync::atomic::AtomicUsize;
 
 use super::*;
+use crate::clock;
 use crate::config::{Config, LoadContext};
 use crate::creds::Secret;
 
@@ -19,7 +20,7 @@ fn creds(n: usize, lifetime: Duration) -> Credentials {
         access_key_id: format!("ASIA{n:016}"),
         secret_access_key: Secret::new(format!("secret-{n}")),
         session_token: Secret::new(format!("token-{n}")),
-        expiration: SystemTime::now() + lifetime,
+        expiration: clock::now() + lifetime,
         assumed_arn: None,
     }
 }
@@ -109,7 +110,7 @@ fn rendered_body_is_the_ecs_shape() {
     let served = Served::render(
         &role(),
         &c,
-        SystemTime::now(),
+        clock::now(),
         Duration::from_secs(900),
         SlotUses {
             imds: true,

@@ -18,6 +18,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock;
 use crate::config::file::{MAX_SECRET_FILE_BYTES, read_bounded_async};
 use crate::config::{JwksSource, KubernetesConfig};
 use crate::creds::Secret;
@@ -170,7 +171,7 @@ impl Jwks {
         match self.last_ok.load(Ordering::Relaxed) {
             0 => None,
             t => Some(
-                SystemTime::now()
+                clock::now()
                     .duration_since(SystemTime::UNIX_EPOCH + Duration::from_secs(t))
                     .unwrap_or_default(),
             ),
@@ -184,7 +185,7 @@ impl Jwks {
         if last.is_some_and(|t| t.elapsed() < REFETCH_EVERY) {
             return;
         }
-        *last = Some(Instant::now());
+        *last = Some(clock::instant());
         let _ = self.fetch_now(true).await;
     }
 
@@ -206,7 +207,7 @@ impl Jwks {
                     .map(|k| k.kid.clone().unwrap_or_default())
                     .collect();
                 self.keys.store(Arc::new(set));
-                let now = SystemTime::now()
+                let now = clock::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .unwrap_or_default()
                     .as_secs();

@@ -19,6 +19,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
 use super::jwks::{ALLOWED, Jwks};
+use crate::clock;
 use crate::config::KubernetesConfig;
 use crate::metrics::Metrics;
 
@@ -152,7 +153,7 @@ impl moka::Expiry<[u8; 32], Arc<Workload>> for UntilInvalid {
         Some(
             value
                 .valid_until
-                .duration_since(SystemTime::now())
+                .duration_since(clock::now())
                 .unwrap_or_default(),
         )
     }
@@ -224,7 +225,7 @@ impl Verifier {
     /// The [`Reason`] the token was refused.
     pub async fn verify(&self, token: &[u8], digest: &[u8; 32]) -> Result<Arc<Workload>, Reason> {
         if let Some(w) = self.verified.get(digest)
-            && SystemTime::now() < w.valid_until
+            && clock::now() < w.valid_until
         {
             self.metrics.observe_verification("cached");
             return Ok(w);
@@ -305,7 +306,7 @@ impl Verifier {
             .get("exp")
             .and_then(serde_json::Value::as_u64)
             .ok_or(Reason::Malformed)?;
-        let now = SystemTime::now()
+        let now = clock::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();

@@ -1,4 +1,5 @@
 use super::*;
+use crate::clock;
 use crate::config::Lead;
 
 fn cfg(lead: Lead) -> RefreshConfig {
@@ -125,13 +126,13 @@ fn backoff_grows_jitters_and_caps() {
 #[tokio::test(start_paused = true)]
 async fn rate_limiter_spreads_a_burst() {
     let limiter = Arc::new(crate::sts::rate::AdaptiveRate::new(10.0, 10.0, false));
-    let start = tokio::time::Instant::now();
+    let start = clock::tokio_instant();
     let mut handles = Vec::new();
     for _ in 0..20 {
         let l = Arc::clone(&limiter);
         handles.push(tokio::spawn(async move {
             l.acquire().await;
-            tokio::time::Instant::now()
+            clock::tokio_instant()
         }));
     }
     let mut times = Vec::new();

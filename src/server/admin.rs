@@ -24,7 +24,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -34,6 +33,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::cache::{CredentialCache, RoleSlot, rfc3339};
+use crate::clock;
 use crate::metrics::Metrics;
 use crate::server::http::{self, Body};
 use crate::state::Snapshot;
@@ -56,7 +56,7 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let started = Instant::now();
+    let started = clock::instant();
     let snap = ctx.state.load_full();
     let resp = route(&ctx, &snap, &req, peer).await;
     ctx.metrics
@@ -143,7 +143,7 @@ async fn readyz(ctx: &AdminContext, snap: &Snapshot) -> Response<Body> {
 }
 
 async fn metrics(ctx: &AdminContext, snap: &Snapshot) -> Response<Body> {
-    let now = SystemTime::now();
+    let now = clock::now();
     for (name, slot) in &snap.roles {
         let left = match ctx.cache.peek(&slot.key).await {
             Some(served) => i64::try_from(served.remaining(now).as_secs()).unwrap_or(i64::MAX),
@@ -228,7 +228,7 @@ async fn refresh(
     let backing_off = slot
         .status()
         .retry_not_before
-        .is_some_and(|t| t > Instant::now());
+        .is_some_and(|t| t > clock::instant());
     match ctx.cache.force_refresh(slot).await {
         Ok(forced) => {
             let mut body = role_json(ctx, slot).await;

@@ -29,7 +29,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
@@ -39,6 +39,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::audit::{AuditLog, AuditRecord};
 use crate::cache::session::{CallerSessions, SessionCaller};
 use crate::cache::{CacheError, CredentialCache, RoleSlot, Served};
+use crate::clock;
 use crate::config::kubernetes::WorkloadFacts;
 use crate::config::relative_uri;
 use crate::identity::socket_owner::Local;
@@ -105,7 +106,7 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let started = Instant::now();
+    let started = clock::instant();
     let snap = ctx.state.load_full();
     let owner = req.extensions().get::<Arc<SocketOwner>>().cloned();
     let out = answer(&ctx, &snap, &req, owner.as_deref()).await;
@@ -145,7 +146,7 @@ pub async fn handle(
         && out.credentials_route
     {
         audit.record(AuditRecord {
-            time: SystemTime::now(),
+            time: clock::now(),
             endpoint: ENDPOINT,
             peer,
             token_fingerprint: out.fingerprint,

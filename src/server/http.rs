@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock;
 use crate::identity::SocketOwner;
 use crate::metrics::Metrics;
 
@@ -297,7 +298,7 @@ impl AcceptErrors {
                 "accept failed{}",
                 if exhausted { "; out of file descriptors or memory, backing off" } else { "" }
             );
-            self.last_warning = Some(Instant::now());
+            self.last_warning = Some(clock::instant());
             self.suppressed = 0;
         } else {
             self.suppressed += 1;

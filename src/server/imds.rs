@@ -23,7 +23,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -36,6 +36,7 @@ use subtle::ConstantTimeEq;
 
 use crate::audit::{AuditLog, AuditRecord};
 use crate::cache::{CredentialCache, RoleSlot, Served, rfc3339};
+use crate::clock;
 use crate::config::ImdsConfig;
 use crate::identity::socket_owner::Local;
 use crate::identity::{SocketOwner, Unattributed};
@@ -141,7 +142,7 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let started = Instant::now();
+    let started = clock::instant();
     let snap = ctx.state.load_full();
     let owner = req.extensions().get::<Arc<SocketOwner>>().cloned();
     let mut who = Who::default();
@@ -170,7 +171,7 @@ pub async fn handle(
     if let (Some(audit), Counted::Credentials { slot, served }) = (&ctx.audit, counted) {
         audit.record(AuditRecord {
             workload: None,
-            time: SystemTime::now(),
+            time: clock::now(),
             endpoint: ENDPOINT,
             peer,
             token_fingerprint: None,
@@ -249,7 +250,7 @@ async fn answer(
     if req.method() != Method::GET {
         return (http::method_not_allowed("GET"), Counted::Anonymous);
     }
-    let now = SystemTime::now();
+    let now = clock::now();
     let token_ok = req
         .headers()
         .get(TOKEN_HEADER)
@@ -348,7 +349,7 @@ fn issue_token(ctx: &ImdsContext, imds: &ImdsConfig, req: &Request<Incoming>) ->
     let granted = requested.min(imds.max_token_ttl.as_secs().max(1));
     let token = ctx
         .signer
-        .issue(epoch_ms(SystemTime::now()).saturating_add(granted * 1000));
+        .issue(epoch_ms(clock::now()).saturating_add(granted * 1000));
     let mut resp = text(StatusCode::OK, &token);
     resp.headers_mut()
         .insert(TTL_HEADER, HeaderValue::from(granted));
@@ -439,7 +440,7 @@ mod tests {
     #[test]
     fn tokens_are_distinct_and_live_the_whole_ttl() {
         let signer = TokenSigner::generate();
-        let now = epoch_ms(SystemTime::now());
+        let now = epoch_ms(clock::now());
         // Same expiry, same millisecond: still two different tokens.
         let a = signer.issue(now + 1000);
         let b = signer.issue(now + 1000);

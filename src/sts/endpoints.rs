@@ -23,6 +23,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
+use crate::clock;
 use crate::creds::{ErrorClass, FetchError};
 
 /// One endpoint's health, as consecutive endpoint failures and a rest period.
@@ -159,7 +160,7 @@ impl<E> EndpointSet<E> {
         hedge: Option<Duration>,
         attempt: &'a (dyn Fn(usize, Duration) -> BoxFuture<'a, Result<T, FetchError>> + Sync),
     ) -> Result<T, FetchError> {
-        let started = Instant::now();
+        let started = clock::tokio_instant();
         let deadline = started + budget;
         let plan = self.plan(started);
         let mut next = 0;
@@ -172,14 +173,14 @@ impl<E> EndpointSet<E> {
         let launch = |next: &mut usize, share: bool| {
             let i = plan[*next];
             *next += 1;
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(clock::tokio_instant());
             let untried = u32::try_from(plan.len() - *next + 1).unwrap_or(1);
             let per = if share { left / untried } else { left };
             attempt(i, per)
         };
         loop {
             if inflight.is_empty() {
-                if next >= plan.len() || Instant::now() >= deadline {
+                if next >= plan.len() || clock::tokio_instant() >= deadline {
                     return Err(last_err.unwrap_or_else(|| {
                         FetchError::new(
                             ErrorClass::Transient,
@@ -188,7 +189,7 @@ impl<E> EndpointSet<E> {
                         )
                     }));
                 }
-                launched_at = Instant::now();
+                launched_at = clock::tokio_instant();
                 inflight.push(launch(&mut next, true));
             }
             // One hedge per call, `hedge` after the attempt it races was sent.
@@ -228,7 +229,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failing_endpoint_rests_then_is_probed_once() {
         let s = set(2);
-        let t = Instant::now();
+        let t = clock::tokio_instant();
         assert_eq!(s.plan(t), [0, 1]);
         assert_eq!(
             s.record(0, Verdict::Failed, t),
@@ -260,7 +261,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn all_resting_means_all_tried() {
         let s = set(2);
-        let t = Instant::now();
+        let t = clock::tokio_instant();
         for i in 0..2 {
             s.record(i, Verdict::Failed, t);
             s.record(i, Verdict::Failed, t);
@@ -290,7 +291,7 @@ mod tests {
                     }
                 })
             };
-        let t0 = Instant::now();
+        let t0 = clock::tokio_instant();
         let got = s.run(Duration::from_secs(6), None, &attempt).await.unwrap();
         assert_eq!(got, 2);
         assert!(t0.elapsed() <= Duration::from_secs(6));
@@ -339,7 +340,7 @@ mod tests {
                     Ok(i)
                 })
             };
-        let t0 = Instant::now();
+        let t0 = clock::tokio_instant();
         let got = s
             .run(
                 Duration::from_secs(5),

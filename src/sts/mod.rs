@@ -25,6 +25,7 @@ use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::types::Tag;
 use futures_util::future::BoxFuture;
 
+use crate::clock;
 use crate::config::{EndpointTarget, RoleConfig, RoleKind, StsConfig};
 use crate::creds::{Credentials, ErrorClass, FetchError, Secret};
 use crate::metrics::Metrics;
@@ -173,7 +174,7 @@ impl Sts {
         call: impl std::future::Future<Output = Result<T, FetchError>>,
     ) -> Result<T, FetchError> {
         let endpoint = &self.set.endpoints()[i];
-        let started = tokio::time::Instant::now();
+        let started = clock::tokio_instant();
         // Dropped before it finished: it lost a hedge race (or the call was abandoned). Not
         // answering in time is this endpoint's failure; without it, a black-holed primary
         // would never be rested while hedges keep winning.
@@ -216,7 +217,7 @@ impl Sts {
     /// endpoint starts or stops being skipped.
     fn settle(&self, i: usize, verdict: Verdict, outcome: &str, started: tokio::time::Instant) {
         let endpoint = &self.set.endpoints()[i];
-        let now = tokio::time::Instant::now();
+        let now = clock::tokio_instant();
         let change = self.set.record(i, verdict, now);
         if let Some(m) = &self.metrics {
             m.observe_endpoint_call(&endpoint.label, outcome, now.duration_since(started));

@@ -11,6 +11,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::clock;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -57,7 +58,7 @@ impl AdaptiveRate {
             state: Mutex::new(State {
                 // A fixed rate is always the ceiling.
                 rate: if adaptive { rate.clamp(min, max) } else { max },
-                updated: Instant::now(),
+                updated: clock::tokio_instant(),
                 last_decrease: None,
             }),
             line: tokio::sync::Mutex::new(None),
@@ -79,7 +80,7 @@ impl AdaptiveRate {
     pub async fn acquire(&self) {
         let mut last = self.line.lock().await;
         loop {
-            let now = Instant::now();
+            let now = clock::tokio_instant();
             let Some(prev) = *last else { break };
             let slot = prev + Duration::from_secs_f64(1.0 / self.current());
             if slot <= now {
@@ -92,7 +93,7 @@ impl AdaptiveRate {
                 () = self.changed.notified() => {}
             }
         }
-        *last = Some(Instant::now());
+        *last = Some(clock::tokio_instant());
     }
 
     /// A call that started at `started` was throttled: halve the rate (once per round trip).
@@ -105,7 +106,7 @@ impl AdaptiveRate {
         if s.last_decrease.is_some_and(|d| started < d) {
             return None;
         }
-        let now = Instant::now();
+        let now = clock::tokio_instant();
         let new = (s.rate * DECREASE).max(self.min);
         s.last_decrease = Some(now);
         s.updated = now;
@@ -126,7 +127,7 @@ impl AdaptiveRate {
         if s.rate >= self.max {
             return None;
         }
-        let now = Instant::now();
+        let now = clock::tokio_instant();
         let per_second = (self.max - self.min) / RECOVERY.as_secs_f64();
         let gained = per_second * now.duration_since(s.updated).as_secs_f64();
         s.rate = (s.rate + gained).min(self.max);
@@ -145,7 +146,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn calls_are_spaced_at_the_rate() {
         let r = AdaptiveRate::new(4.0, 0.5, false);
-        let t0 = Instant::now();
+        let t0 = clock::tokio_instant();
         for _ in 0..5 {
             r.acquire().await;
         }
@@ -158,16 +159,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn throttling_halves_once_per_round_trip_down_to_the_floor() {
         let r = AdaptiveRate::new(8.0, 1.0, true);
-        let started = Instant::now();
+        let started = clock::tokio_instant();
         tokio::time::advance(Duration::from_millis(10)).await;
         assert_eq!(r.throttled(started), Some(4.0));
         // Another call of the same round (started before the decrease): no second halving.
         assert_eq!(r.throttled(started), None);
-        let later = Instant::now();
+        let later = clock::tokio_instant();
         tokio::time::advance(Duration::from_millis(10)).await;
         assert_eq!(r.throttled(later), Some(2.0));
         for _ in 0..5 {
-            let s = Instant::now();
+            let s = clock::tokio_instant();
             tokio::time::advance(Duration::from_millis(1)).await;
             r.throttled(s);
         }
@@ -178,7 +179,7 @@ mod tests {
     async fn successes_recover_additively_up_to_max() {
         let r = AdaptiveRate::new(7.0, 1.0, true);
         for _ in 0..3 {
-            let s = Instant::now();
+            let s = clock::tokio_instant();
             tokio::time::advance(Duration::from_millis(1)).await;
             r.throttled(s);
         }
@@ -196,20 +197,20 @@ mod tests {
     async fn queued_calls_slow_down_when_the_rate_drops() {
         let r = std::sync::Arc::new(AdaptiveRate::new(10.0, 0.5, true));
         r.acquire().await;
-        let t0 = Instant::now();
+        let t0 = clock::tokio_instant();
         // Nine calls queue up at 10/s (the old limiter would have fixed their slots now).
         let mut handles = Vec::new();
         for _ in 0..9 {
             let r = std::sync::Arc::clone(&r);
             handles.push(tokio::spawn(async move {
                 r.acquire().await;
-                Instant::now()
+                clock::tokio_instant()
             }));
         }
         tokio::time::advance(Duration::from_millis(1)).await;
         // Throttled: 10 → 5 → 2.5 → 1.25 per second.
         for _ in 0..3 {
-            let s = Instant::now();
+            let s = clock::tokio_instant();
             tokio::time::advance(Duration::from_millis(1)).await;
             r.throttled(s);
         }

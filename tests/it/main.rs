@@ -4,6 +4,9 @@
 //! Tests that need moto, boto3 or the AWS CLI find them in the venv that
 //! `scripts/setup-test-deps.sh` creates (`STS_BROKER_TEST_VENV`, default `./.venv`).
 //! Set `TEST_LOG=1` to see the brokers' logs.
+// Tests and benches time real processes and real sockets: the wall and monotonic clocks
+// are the point here (src/ asks crate::clock instead, see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 mod audit;
 mod clients;
