@@ -30,17 +30,13 @@ BIN=$TARGET_DIR/release/sts-broker
 MINT=$TARGET_DIR/release/examples/k8s_tokens
 ISSUER=https://issuer.bench.example
 
-log() { printf '[bench-k8s %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+BENCH_NAME=bench-k8s
+QUIET_MAX=${QUIET_MAX:-15}
+QUIET_WAIT=${QUIET_WAIT:-30}
+. bench/common.sh
 
+need_tools wrk nginx curl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-if ! command -v wrk >/dev/null || [ ! -x "$NGINX" ] || ! command -v curl >/dev/null; then
-    log "installing wrk, nginx and curl (Debian packages)"
-    SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    $SUDO apt-get -o DPkg::Lock::Timeout=300 update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends wrk nginx curl >/dev/null
-    NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-fi
 if [ -z "${SKIP_BUILD:-}" ]; then
     log "cargo build --release --locked (broker and token minter)"
     cargo build --release --locked --bin sts-broker --example k8s_tokens
@@ -48,54 +44,7 @@ fi
 [ -x "$BIN" ] && [ -x "$MINT" ] || die "no $BIN or $MINT"
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-mkdir -p "$OUT/wrk"
-OUT=$(cd "$OUT" && pwd)
-W=$(mktemp -d)
-chmod 755 "$W"
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
-wait_file() { for _ in $(seq 1 200); do [ -s "$1" ] && return 0; sleep 0.05; done; die "timed out waiting for $1"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-broker_addr() {
-    python3 - "$1" "$2" <<'PY'
-import json, sys, time
-for _ in range(400):
-    for line in open(sys.argv[1]):
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue
-        if e.get("message") == "listening" and e.get("endpoint") == sys.argv[2]:
-            print(e["addr"]); sys.exit(0)
-    time.sleep(0.05)
-sys.exit("no listening line for " + sys.argv[2])
-PY
-}
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-# Busy CPU seconds of the whole machine so far.
-machine_busy_s() {
-    awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" {print ($2 + $3 + $4 + $7 + $8 + $9) / hz}' /proc/stat
-}
-# Waits (up to QUIET_WAIT s) until other processes use at most QUIET_MAX % of the machine:
-# the machine is shared, and a busy neighbour turns a pair of runs into noise.
-QUIET_MAX=${QUIET_MAX:-15}
-QUIET_WAIT=${QUIET_WAIT:-30}
-wait_quiet() {
-    local start=$SECONDS a b pct
-    while :; do
-        a=$(machine_busy_s); sleep 1; b=$(machine_busy_s)
-        pct=$(python3 -c "print(round(($b - $a) * 100 / $(nproc)))")
-        [ "$pct" -le "$QUIET_MAX" ] && return 0
-        [ $((SECONDS - start)) -ge "$QUIET_WAIT" ] && { log "machine ${pct}% busy: measuring anyway"; return 0; }
-        sleep 2
-    done
-}
-cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
+start_scratch
 
 # --- tokens, fake STS, broker ------------------------------------------------------------------
 "$MINT" "$W" "$ISSUER" sts-broker bench "$BURST_ACCOUNTS" "$(( SESSIONS > BURST_PODS ? SESSIONS : BURST_PODS ))"

@@ -28,34 +28,18 @@ OUT=${OUT:-$TARGET_DIR/bench/local-users-$(date -u +%Y%m%dT%H%M%SZ)}
 BIN=$TARGET_DIR/release/sts-broker
 TOKEN=bench-local-users-token-0123456789
 
-log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+BENCH_NAME=bench
+. bench/common.sh
 
 [ "$(id -u)" -eq 0 ] || die "run as root: wrk runs as UID $BENCH_UID through setpriv"
-if ! command -v wrk >/dev/null || ! command -v curl >/dev/null; then
-    log "installing wrk and curl (Debian packages)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends wrk curl >/dev/null
-fi
+need_tools wrk curl
 if [ -z "${SKIP_BUILD:-}" ]; then
     log "cargo build --release --locked"
     cargo build --release --locked
 fi
 [ -x "$BIN" ] || die "no $BIN"
 
-mkdir -p "$OUT/wrk"
-OUT=$(cd "$OUT" && pwd)
-W=$(mktemp -d)
-chmod 755 "$W"
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
-wait_file() { for _ in $(seq 1 200); do [ -s "$1" ] && return 0; sleep 0.05; done; die "timed out waiting for $1"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+start_scratch
 
 python3 bench/fake_sts.py --port-file "$W/sts.port" --latency-ms 1-2 >/dev/null &
 PIDS+=($!)

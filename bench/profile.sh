@@ -22,19 +22,10 @@ SECONDS_CG=${SECONDS_CG:-10}
 SECONDS_PERF=${SECONDS_PERF:-10}
 PROFILE_TARGET=${PROFILE_TARGET:-target/profiling}
 OUT=${OUT:-$PROFILE_TARGET/$(date -u +%Y%m%dT%H%M%SZ)}
-log() { printf '[profile %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+BENCH_NAME=profile
+. bench/common.sh
 
-need_pkgs=()
-command -v wrk >/dev/null || need_pkgs+=(wrk)
-command -v curl >/dev/null || need_pkgs+=(curl)
-command -v valgrind >/dev/null || need_pkgs+=(valgrind)
-command -v perf >/dev/null || need_pkgs+=(linux-perf)
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-    SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
-fi
+need_tools wrk curl valgrind perf:linux-perf
 
 if [ -z "${BIN:-}" ]; then
     log "release build with debug info into $PROFILE_TARGET"
@@ -42,32 +33,7 @@ if [ -z "${BIN:-}" ]; then
         cargo build --release --locked
     BIN=$PROFILE_TARGET/release/sts-broker
 fi
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-W=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
-wait_file() { for _ in $(seq 1 600); do [ -s "$1" ] && return 0; sleep 0.1; done; die "timed out waiting for $1"; }
-broker_addr() {
-    python3 - "$1" "$2" <<'EOF'
-import json, sys, time
-for _ in range(1200):
-    for line in open(sys.argv[1]):
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue
-        if e.get("message") == "listening" and e.get("endpoint") == sys.argv[2]:
-            print(e["addr"]); sys.exit(0)
-    time.sleep(0.05)
-sys.exit("no listening line for " + sys.argv[2])
-EOF
-}
+start_scratch
 
 python3 bench/fake_sts.py --port-file "$W/sts.port" &
 PIDS+=($!)

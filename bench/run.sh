@@ -41,23 +41,16 @@ NGINX_WORKERS=${NGINX_WORKERS:-2}
 BROKER_ENV=${BROKER_ENV:-}
 QUIET_WAIT=${QUIET_WAIT:-60}
 QUIET_BUDGET=${QUIET_BUDGET:-240}
-WAITED=0
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 OUT=${OUT:-$TARGET_DIR/bench/$(date -u +%Y%m%dT%H%M%SZ)}
 BIN=$TARGET_DIR/release/sts-broker
 
-log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+BENCH_NAME=bench
+. bench/common.sh
 
 # --- tools -----------------------------------------------------------------------------------
+need_tools wrk nginx curl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-if ! command -v wrk >/dev/null || [ ! -x "$NGINX" ] || ! command -v curl >/dev/null; then
-    log "installing wrk, nginx and curl (Debian packages)"
-    SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends wrk nginx curl >/dev/null
-    NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-fi
 command -v python3 >/dev/null || die "python3 is needed"
 
 if [ -z "${SKIP_BUILD:-}" ]; then
@@ -67,78 +60,7 @@ fi
 [ -x "$BIN" ] || die "no $BIN"
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-mkdir -p "$OUT/wrk"
-OUT=$(cd "$OUT" && pwd)
-W=$(mktemp -d)
-chmod 755 "$W"
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
-
-wait_file() { for _ in $(seq 1 200); do [ -s "$1" ] && return 0; sleep 0.05; done; die "timed out waiting for $1"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# The address the broker logged for an endpoint: {"message":"listening","endpoint":E,"addr":A}.
-broker_addr() {
-    python3 - "$1" "$2" <<'EOF'
-import json, sys, time
-for _ in range(400):
-    for line in open(sys.argv[1]):
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue
-        if e.get("message") == "listening" and e.get("endpoint") == sys.argv[2]:
-            print(e["addr"]); sys.exit(0)
-    time.sleep(0.05)
-sys.exit("no listening line for " + sys.argv[2])
-EOF
-}
-hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-# CPU seconds (user + system) used so far by the given processes.
-cpu_s() {
-    local t=0 p
-    for p in "$@"; do
-        t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-    done
-    python3 -c "print($t / $(getconf CLK_TCK))"
-}
-# Busy CPU seconds of the whole machine so far (user, nice, system, irq, softirq, steal).
-machine_busy_s() {
-    awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" {print ($2 + $3 + $4 + $7 + $8 + $9) / hz}' /proc/stat
-}
-# Waits until the machine is quiet: at most QUIET_MAX % busy over one second.
-wait_quiet() {
-    local start=$SECONDS a b pct
-    while :; do
-        a=$(machine_busy_s); sleep 1; b=$(machine_busy_s)
-        pct=$(python3 -c "print(round(($b - $a) * 100 / $(nproc)))")
-        [ "$pct" -le "$QUIET_MAX" ] && break
-        if [ $((SECONDS - start)) -ge "$QUIET_WAIT" ] || [ $((WAITED + SECONDS - start)) -ge "$QUIET_BUDGET" ]; then
-            log "machine still ${pct}% busy (other processes): measuring anyway, see the background column"
-            break
-        fi
-        log "machine ${pct}% busy (other processes): waiting"
-        sleep 4
-    done
-    WAITED=$((WAITED + SECONDS - start - 1))
-}
-# Context switches (voluntary + involuntary) of every thread of the given processes so far.
-ctxsw() {
-    cat $(for p in "$@"; do echo /proc/$p/task/*/status; done) 2>/dev/null |
-        awk '/^(non)?voluntary_ctxt_switches/ {n += $2} END {print n + 0}'
-}
-wait_ready() { # admin address, timeout seconds
-    local deadline=$((SECONDS + $2))
-    until curl -fs -o /dev/null "http://$1/readyz"; do
-        [ $SECONDS -lt "$deadline" ] || die "broker not ready after $2 s"
-        sleep 0.2
-    done
-}
+start_scratch
 
 # --- machine ---------------------------------------------------------------------------------
 python3 - "$OUT/machine.json" <<EOF
