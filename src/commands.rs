@@ -518,7 +518,7 @@ pub async fn iam_policy(
         _ if !merged && !iam::needs_principal(config, &roles) => None,
         (None, SourceConfig::WebIdentity { role_arn, .. }) => Some(
             BrokerPrincipal::parse(role_arn, PrincipalOrigin::SourceRoleArn)
-                .map_err(IamPolicyError::Config)?,
+                .map_err(|e| IamPolicyError::Config(e.to_string()))?,
         ),
         (None, _) => {
             let unavailable = |e: String| {
@@ -535,7 +535,7 @@ pub async fn iam_policy(
                 .map_err(|e| unavailable(e.to_string()))?;
             Some(
                 BrokerPrincipal::parse(&who.arn, PrincipalOrigin::CallerIdentity)
-                    .map_err(IamPolicyError::Unavailable)?,
+                    .map_err(|e| IamPolicyError::Unavailable(e.to_string()))?,
             )
         }
     };

@@ -2,7 +2,7 @@
 //!
 //! Output is converted into [`Credentials`] the moment it arrives: the SDK's `Debug` of an
 //! `AssumeRoleOutput` prints the session token, so SDK types never leave this module.
-//! Errors are classified once ([`classify`]) into an [`ErrorClass`] so that back-off and the
+//! Errors are classified once ([`error::classify`]) into an [`ErrorClass`] so that back-off and the
 //! 503 body know whether a retry can help.
 //!
 //! SDK retries are off: the refresh scheduler owns retries and back-off, failover to the next
@@ -10,6 +10,7 @@
 //! alone. The broker-wide call rate is [`rate`].
 
 pub mod endpoints;
+pub mod error;
 pub mod rate;
 
 use std::sync::Arc;
@@ -20,8 +21,6 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_sts::config::Region;
-use aws_sdk_sts::config::http::HttpResponse;
-use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::types::Tag;
 use futures_util::future::BoxFuture;
 
@@ -30,6 +29,7 @@ use crate::config::{EndpointTarget, RoleConfig, RoleKind, StsConfig};
 use crate::creds::{Credentials, ErrorClass, FetchError, Secret};
 use crate::metrics::Metrics;
 use endpoints::{EndpointSet, Verdict, is_endpoint_failure};
+use error::{classify, explain_denial};
 
 /// STS API names, used as the `api` metric label.
 pub const API_ASSUME_ROLE: &str = "AssumeRole";
@@ -503,25 +503,6 @@ pub struct CallerIdentity {
     pub account: String,
 }
 
-/// STS answers `AccessDenied` with "not authorized to perform" and nothing more: the message
-/// gets the likely causes for this role's config and the command that prints the policies it
-/// needs. The class and code stay as [`classify`] set them; other errors pass unchanged.
-pub fn explain_denial(mut e: FetchError, role: &RoleConfig) -> FetchError {
-    if e.class == ErrorClass::AccessDenied
-        && matches!(
-            e.code.as_deref(),
-            Some("AccessDenied" | "AccessDeniedException")
-        )
-    {
-        e.message = format!(
-            "{} — {}",
-            e.message.trim_end(),
-            crate::iam::access_denied_hint(role)
-        );
-    }
-    e
-}
-
 /// What a call presents besides the role's config, gathered fresh for every call.
 #[derive(Debug, Default)]
 pub struct CallInputs {
@@ -588,148 +569,4 @@ fn convert(
         expiration,
         assumed_arn,
     })
-}
-
-/// STS error codes that mean "slow down".
-const THROTTLING_CODES: &[&str] = &[
-    "Throttling",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "TooManyRequestsException",
-];
-/// Codes that mean the caller is not allowed (IAM must change before a retry helps).
-const DENIED_CODES: &[&str] = &[
-    "AccessDenied",
-    "AccessDeniedException",
-    "InvalidClientTokenId",
-    "SignatureDoesNotMatch",
-    "UnrecognizedClientException",
-    "IDPRejectedClaim",
-    "InvalidIdentityToken",
-];
-/// Codes that mean the request is wrong as configured.
-const INVALID_CODES: &[&str] = &[
-    "MalformedPolicyDocument",
-    "PackedPolicyTooLarge",
-    "RegionDisabledException",
-    "ValidationError",
-    "InvalidParameterValue",
-    "InvalidParameterCombination",
-    "InvalidAction",
-];
-
-/// Classifies an SDK error once. Messages are built from the error code and STS's message,
-/// never from response bodies (a truncated success body would hold the secret key).
-pub fn classify<E>(err: &SdkError<E, HttpResponse>) -> FetchError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    match err {
-        SdkError::ServiceError(ctx) => {
-            let e = ctx.err();
-            let code = e.code().map(str::to_string);
-            let message = e.message().unwrap_or("no message").to_string();
-            let status = ctx.raw().status().as_u16();
-            let class = classify_code(code.as_deref(), Some(status));
-            let text = match &code {
-                Some(c) => format!("STS error {c}: {message}"),
-                None => format!("STS answered HTTP {status}: {message}"),
-            };
-            FetchError::new(class, code, text)
-        }
-        SdkError::TimeoutError(_) => FetchError::new(
-            ErrorClass::Transient,
-            None,
-            "STS call timed out ([sts].timeout)",
-        ),
-        SdkError::DispatchFailure(d) => {
-            let what = if d.is_timeout() {
-                "timed out"
-            } else if d.is_io() {
-                "failed (connection error)"
-            } else {
-                "failed"
-            };
-            let detail = aws_sdk_sts::error::DisplayErrorContext(err).to_string();
-            FetchError::new(
-                ErrorClass::Transient,
-                None,
-                format!("sending the request to STS {what}: {}", first_line(&detail)),
-            )
-        }
-        SdkError::ResponseError(_) => FetchError::new(
-            ErrorClass::Transient,
-            None,
-            "STS sent a response that could not be read (truncated or malformed)",
-        ),
-        SdkError::ConstructionFailure(_) => {
-            let detail = aws_sdk_sts::error::DisplayErrorContext(err).to_string();
-            FetchError::new(
-                ErrorClass::InvalidConfig,
-                None,
-                format!(
-                    "could not build the STS request (are source credentials available?): {}",
-                    first_line(&detail)
-                ),
-            )
-        }
-        _ => FetchError::new(ErrorClass::Transient, None, "STS call failed"),
-    }
-}
-
-/// The class for an STS error code and HTTP status.
-pub fn classify_code(code: Option<&str>, status: Option<u16>) -> ErrorClass {
-    match code {
-        Some(c) if THROTTLING_CODES.contains(&c) => ErrorClass::Throttled,
-        Some(c) if DENIED_CODES.contains(&c) => ErrorClass::AccessDenied,
-        Some(c) if INVALID_CODES.contains(&c) => ErrorClass::InvalidConfig,
-        _ => match status {
-            Some(429) => ErrorClass::Throttled,
-            Some(s) if s >= 500 => ErrorClass::Transient,
-            Some(401 | 403) => ErrorClass::AccessDenied,
-            Some(s) if s >= 400 => ErrorClass::InvalidConfig,
-            _ => ErrorClass::Transient,
-        },
-    }
-}
-
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or(s)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn codes_are_classified() {
-        let cases = [
-            (Some("Throttling"), Some(400), ErrorClass::Throttled),
-            (
-                Some("RequestLimitExceeded"),
-                Some(400),
-                ErrorClass::Throttled,
-            ),
-            (Some("AccessDenied"), Some(403), ErrorClass::AccessDenied),
-            (
-                Some("MalformedPolicyDocument"),
-                Some(400),
-                ErrorClass::InvalidConfig,
-            ),
-            (
-                Some("RegionDisabledException"),
-                Some(403),
-                ErrorClass::InvalidConfig,
-            ),
-            (Some("InternalFailure"), Some(500), ErrorClass::Transient),
-            (None, Some(503), ErrorClass::Transient),
-            (None, Some(403), ErrorClass::AccessDenied),
-            (None, Some(429), ErrorClass::Throttled),
-            (Some("Weird"), Some(400), ErrorClass::InvalidConfig),
-            (None, None, ErrorClass::Transient),
-        ];
-        for (code, status, want) in cases {
-            assert_eq!(classify_code(code, status), want, "{code:?} {status:?}");
-        }
-    }
 }
