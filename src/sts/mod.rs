@@ -9,19 +9,19 @@
 //! endpoint happens here ([`endpoints`]), and a cold request is bounded by `[sts].timeout`
 //! alone. The broker-wide call rate is [`rate`].
 
+mod call;
 pub mod endpoints;
 pub mod error;
 pub mod rate;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_sts::config::Region;
-use aws_sdk_sts::types::Tag;
 use futures_util::future::BoxFuture;
 
 use crate::clock;
@@ -246,25 +246,6 @@ impl Sts {
         }
     }
 
-    /// A client like this one that signs with `creds` (role chaining: the source role's
-    /// credentials). No identity cache: the credentials are already at hand.
-    fn signing_with(client: &aws_sdk_sts::Client, creds: &Credentials) -> aws_sdk_sts::Client {
-        let provider = aws_credential_types::Credentials::new(
-            creds.access_key_id.clone(),
-            creds.secret_access_key.expose(),
-            Some(creds.session_token.expose().to_string()),
-            Some(creds.expiration),
-            "sts-broker-source-role",
-        );
-        let conf = client
-            .config()
-            .to_builder()
-            .credentials_provider(provider)
-            .identity_cache(aws_sdk_sts::config::IdentityCache::no_cache())
-            .build();
-        aws_sdk_sts::Client::from_conf(conf)
-    }
-
     /// Obtains credentials for `role` with the STS API of its kind.
     ///
     /// # Errors
@@ -277,15 +258,11 @@ impl Sts {
     ) -> Result<Credentials, FetchError> {
         let hedge = if inputs.cold { self.hedge_after } else { None };
         let inputs = &inputs;
-        let attempt =
-            |i: usize, budget: Duration| -> BoxFuture<'_, Result<Credentials, FetchError>> {
-                let client = &self.set.endpoints()[i].client;
-                Box::pin(self.attempt(i, budget, Self::call(client, role, inputs)))
-            };
-        self.set
-            .run(self.timeout, hedge, &attempt)
-            .await
-            .map_err(|e| explain_denial(e, role))
+        self.run(hedge, |client| {
+            Box::pin(call::role_call(client, role, inputs))
+        })
+        .await
+        .map_err(|e| explain_denial(e, role))
     }
 
     /// Who the `[source]` credentials are (`GetCallerIdentity`): how `iam-policy` finds the
@@ -294,17 +271,14 @@ impl Sts {
     /// # Errors
     /// A classified [`FetchError`] (no credentials, STS unreachable, …).
     pub async fn caller_identity(&self) -> Result<CallerIdentity, FetchError> {
-        let attempt = |i: usize, budget: Duration| -> BoxFuture<'_, _> {
-            let client = &self.set.endpoints()[i].client;
-            Box::pin(self.attempt(i, budget, async move {
-                client
-                    .get_caller_identity()
-                    .send()
-                    .await
-                    .map_err(|e| classify(&e))
-            }))
-        };
-        let out = self.set.run(self.timeout, None, &attempt).await?;
+        let out = self
+            .run(None, |client| {
+                Box::pin(async move {
+                    let sent = client.get_caller_identity().send().await;
+                    sent.map_err(|e| classify(&e))
+                })
+            })
+            .await?;
         match (out.arn(), out.account()) {
             (Some(arn), Some(account)) if !arn.is_empty() => Ok(CallerIdentity {
                 arn: arn.to_string(),
@@ -318,134 +292,6 @@ impl Sts {
         }
     }
 
-    /// One STS call of `role`'s kind; errors classified, not yet explained.
-    async fn call(
-        client: &aws_sdk_sts::Client,
-        role: &RoleConfig,
-        inputs: &CallInputs,
-    ) -> Result<Credentials, FetchError> {
-        let spec = &role.spec;
-        let duration = i32::try_from(spec.duration.as_secs()).unwrap_or(i32::MAX);
-        let policy_arns = policy_descriptors(&spec.policy_arns);
-        let arn = spec.arn.clone().unwrap_or_default();
-        let session_name = spec.session_name.clone().unwrap_or_default();
-        let missing = |what: &str| {
-            FetchError::new(
-                ErrorClass::InvalidConfig,
-                None,
-                format!("internal: no {what} gathered for role {:?}", role.name),
-            )
-        };
-        match &spec.kind {
-            RoleKind::AssumeRole {
-                external_id,
-                tags,
-                transitive_tag_keys,
-                source_identity,
-                ..
-            } => {
-                let chained;
-                let client = match &inputs.signer {
-                    Some(creds) => {
-                        chained = Self::signing_with(client, creds);
-                        &chained
-                    }
-                    None => client,
-                };
-                let out = client
-                    .assume_role()
-                    .role_arn(arn)
-                    .role_session_name(session_name)
-                    .set_external_id(external_id.as_ref().map(|x| x.expose().to_string()))
-                    .duration_seconds(duration)
-                    .set_tags(session_tags(tags)?)
-                    .set_transitive_tag_keys(
-                        (!transitive_tag_keys.is_empty()).then(|| transitive_tag_keys.clone()),
-                    )
-                    .set_policy_arns(policy_arns)
-                    .set_policy(spec.policy.clone())
-                    .set_source_identity(source_identity.clone())
-                    .send()
-                    .await
-                    .map_err(|e| classify(&e))?;
-                convert(
-                    out.credentials(),
-                    out.assumed_role_user().map(|u| u.arn().to_string()),
-                )
-            }
-            RoleKind::WebIdentity { .. } => {
-                let token = inputs
-                    .web_identity_token
-                    .as_ref()
-                    .ok_or_else(|| missing("web identity token"))?;
-                let out = client
-                    .assume_role_with_web_identity()
-                    .role_arn(arn)
-                    .role_session_name(session_name)
-                    .web_identity_token(token.expose())
-                    .duration_seconds(duration)
-                    .set_policy_arns(policy_arns)
-                    .set_policy(spec.policy.clone())
-                    .send()
-                    .await
-                    .map_err(|e| classify(&e))?;
-                convert(
-                    out.credentials(),
-                    out.assumed_role_user().map(|u| u.arn().to_string()),
-                )
-            }
-            RoleKind::SessionToken { mfa } => {
-                let mut call = client.get_session_token().duration_seconds(duration);
-                if let Some(mfa) = mfa {
-                    let code = inputs
-                        .mfa_code
-                        .as_ref()
-                        .ok_or_else(|| missing("MFA code"))?;
-                    call = call.serial_number(&mfa.serial).token_code(code.expose());
-                }
-                let out = call.send().await.map_err(|e| classify(&e))?;
-                convert(out.credentials(), None)
-            }
-            RoleKind::FederationToken { name, tags } => {
-                let out = client
-                    .get_federation_token()
-                    .name(name)
-                    .duration_seconds(duration)
-                    .set_tags(session_tags(tags)?)
-                    .set_policy_arns(policy_arns)
-                    .set_policy(spec.policy.clone())
-                    .send()
-                    .await
-                    .map_err(|e| classify(&e))?;
-                convert(
-                    out.credentials(),
-                    out.federated_user().map(|u| u.arn().to_string()),
-                )
-            }
-            RoleKind::Saml { principal_arn, .. } => {
-                let assertion = inputs
-                    .saml_assertion
-                    .as_ref()
-                    .ok_or_else(|| missing("SAML assertion"))?;
-                let out = client
-                    .assume_role_with_saml()
-                    .role_arn(arn)
-                    .principal_arn(principal_arn)
-                    .saml_assertion(assertion.expose())
-                    .duration_seconds(duration)
-                    .set_policy_arns(policy_arns)
-                    .set_policy(spec.policy.clone())
-                    .send()
-                    .await
-                    .map_err(|e| classify(&e))?;
-                convert(
-                    out.credentials(),
-                    out.assumed_role_user().map(|u| u.arn().to_string()),
-                )
-            }
-        }
-    }
-
     /// AssumeRoleWithWebIdentity (unsigned) for the broker's own `[source]`.
     ///
     /// # Errors
@@ -456,25 +302,25 @@ impl Sts {
         session_name: &str,
         token: &Secret,
     ) -> Result<Credentials, FetchError> {
-        let attempt =
-            |i: usize, budget: Duration| -> BoxFuture<'_, Result<Credentials, FetchError>> {
-                let client = &self.set.endpoints()[i].client;
-                Box::pin(self.attempt(i, budget, async move {
-                    let out = client
-                        .assume_role_with_web_identity()
-                        .role_arn(role_arn)
-                        .role_session_name(session_name)
-                        .web_identity_token(token.expose())
-                        .send()
-                        .await
-                        .map_err(|e| classify(&e))?;
-                    convert(
-                        out.credentials(),
-                        out.assumed_role_user().map(|u| u.arn().to_string()),
-                    )
-                }))
-            };
-        self.set.run(self.timeout, None, &attempt).await
+        self.run(None, |client| {
+            let call = call::web_identity(client, role_arn, session_name, token);
+            Box::pin(call::issued(call.send()))
+        })
+        .await
+    }
+
+    /// Runs `call` on the endpoints in failover order, hedged after `hedge` when given: each
+    /// attempt bounded by its share of `[sts].timeout`, its verdict, latency and outcome
+    /// recorded ([`Sts::attempt`]).
+    async fn run<'a, T: Send + 'a>(
+        &'a self,
+        hedge: Option<Duration>,
+        call: impl Fn(&'a aws_sdk_sts::Client) -> BoxFuture<'a, Result<T, FetchError>> + Sync + 'a,
+    ) -> Result<T, FetchError> {
+        let attempt = |i: usize, budget: Duration| -> BoxFuture<'_, Result<T, FetchError>> {
+            Box::pin(self.attempt(i, budget, call(&self.set.endpoints()[i].client)))
+        };
+        self.set.run(self.timeout, hedge, &attempt).await
     }
 }
 
@@ -514,59 +360,4 @@ pub struct CallInputs {
     /// Nothing servable is cached (a first prefetch, or a client waiting): the call may be
     /// hedged (`hedge_after`).
     pub cold: bool,
-}
-
-fn policy_descriptors(arns: &[String]) -> Option<Vec<aws_sdk_sts::types::PolicyDescriptorType>> {
-    (!arns.is_empty()).then(|| {
-        arns.iter()
-            .map(|a| {
-                aws_sdk_sts::types::PolicyDescriptorType::builder()
-                    .arn(a)
-                    .build()
-            })
-            .collect()
-    })
-}
-
-fn session_tags(tags: &[(String, String)]) -> Result<Option<Vec<Tag>>, FetchError> {
-    if tags.is_empty() {
-        return Ok(None);
-    }
-    tags.iter()
-        .map(|(k, v)| Tag::builder().key(k).value(v).build())
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
-        .map_err(|e| FetchError::new(ErrorClass::InvalidConfig, None, e.to_string()))
-}
-
-/// SDK credentials → ours. Empty fields are an error: empty credentials are never served.
-fn convert(
-    c: Option<&aws_sdk_sts::types::Credentials>,
-    assumed_arn: Option<String>,
-) -> Result<Credentials, FetchError> {
-    let empty = || {
-        FetchError::new(
-            ErrorClass::Transient,
-            None,
-            "STS answered without credentials",
-        )
-    };
-    let c = c.ok_or_else(empty)?;
-    if c.access_key_id().is_empty() || c.secret_access_key().is_empty() {
-        return Err(empty());
-    }
-    let expiration = SystemTime::try_from(*c.expiration()).map_err(|_| {
-        FetchError::new(
-            ErrorClass::Transient,
-            None,
-            "STS answered with an unrepresentable expiration",
-        )
-    })?;
-    Ok(Credentials {
-        access_key_id: c.access_key_id().to_string(),
-        secret_access_key: Secret::new(c.secret_access_key().to_string()),
-        session_token: Secret::new(c.session_token().to_string()),
-        expiration,
-        assumed_arn,
-    })
 }
