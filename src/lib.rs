@@ -75,7 +75,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("cannot set up STS: {0}")]
-    Sts(String),
+    Sts(sts::SetupError),
     #[error("{0}")]
     OwnUser(String),
     #[error("cannot open the audit trail {path}: {source}")]
@@ -93,7 +93,7 @@ pub enum ReloadError {
     #[error("{0} cannot change without a restart")]
     Rejected(&'static str),
     #[error("cannot set up STS with the new configuration: {0}")]
-    Sts(String),
+    Sts(sts::SetupError),
     #[error("{0}")]
     OwnUser(String),
 }

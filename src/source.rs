@@ -20,13 +20,13 @@ use aws_credential_types::provider::{
 
 use crate::config::{AssertionSource, Config, RoleConfig, RoleKind, SourceConfig};
 use crate::creds::{Credentials, ErrorClass, FetchError, Secret};
-use crate::sts::{CallInputs, Sts, base_sdk_config};
+use crate::sts::{CallInputs, SetupError, Sts, base_sdk_config};
 
 /// Builds the STS client for `config`, signing with the configured source credentials.
 ///
 /// # Errors
 /// When no region can be found.
-pub async fn build_sts(config: &Config) -> Result<Sts, String> {
+pub async fn build_sts(config: &Config) -> Result<Sts, SetupError> {
     let profile = match &config.source {
         SourceConfig::Profile { name } => Some(name.as_str()),
         _ => None,

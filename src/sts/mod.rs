@@ -88,15 +88,21 @@ pub(crate) fn https_client() -> aws_sdk_sts::config::SharedHttpClient {
 pub fn endpoint_targets(
     base: &aws_config::SdkConfig,
     sts: &StsConfig,
-) -> Result<Vec<EndpointTarget>, String> {
-    let Some(region) = base.region() else {
-        return Err(
-            "no AWS region: set [sts].region or AWS_REGION (the AWS config chain found none)"
-                .to_string(),
-        );
-    };
+) -> Result<Vec<EndpointTarget>, SetupError> {
+    let region = base.region().ok_or(SetupError::NoRegion)?;
     sts.targets(region.as_ref())
-        .map_err(|problems| format!("[sts] failover_regions: {}", problems.join("; ")))
+        .map_err(SetupError::FailoverRegions)
+}
+
+/// Why an STS client could not be set up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetupError {
+    /// Neither `[sts].region` nor the AWS config chain names a region.
+    #[error("no AWS region: set [sts].region or AWS_REGION (the AWS config chain found none)")]
+    NoRegion,
+    /// The failover regions do not fit the region (another partition, …): one problem each.
+    #[error("[sts] failover_regions: {}", .0.join("; "))]
+    FailoverRegions(Vec<String>),
 }
 
 impl Sts {
@@ -110,7 +116,7 @@ impl Sts {
         base: &aws_config::SdkConfig,
         sts: &StsConfig,
         credentials: Option<SharedCredentialsProvider>,
-    ) -> Result<Sts, String> {
+    ) -> Result<Sts, SetupError> {
         let targets = endpoint_targets(base, sts)?;
         let endpoints = targets
             .iter()
