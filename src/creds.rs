@@ -60,7 +60,9 @@ impl fmt::Display for Secret {
 pub struct Credentials {
     /// Not secret: it is what joins our logs to CloudTrail.
     pub access_key_id: String,
+    /// The secret half of the key pair.
     pub secret_access_key: Secret,
+    /// Sent with every request the credentials sign.
     pub session_token: Secret,
     /// When STS says the credentials stop working.
     pub expiration: SystemTime,
@@ -202,13 +204,16 @@ impl fmt::Display for ErrorClass {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{class}: {message}")]
 pub struct FetchError {
+    /// Whether a retry can help: back-off and the 503 body depend on it.
     pub class: ErrorClass,
     /// STS error code (`Throttling`, `AccessDenied`, …) when STS sent one.
     pub code: Option<String>,
+    /// What went wrong, safe to log and to send to clients.
     pub message: String,
 }
 
 impl FetchError {
+    /// A classified error; `code` is the STS error code, when STS sent one.
     pub fn new(class: ErrorClass, code: Option<String>, message: impl Into<String>) -> Self {
         FetchError {
             class,

@@ -1,5 +1,6 @@
-//! The one-shot subcommands, one module each: [`check`], [`env`], [`credential_process`],
-//! [`iam_policy`], [`redirect_rules`]. Each returns what the binary prints (or a typed error
+//! The one-shot subcommands, one module each: [`check`](mod@check), [`env`](mod@env),
+//! [`credential_process`](mod@credential_process), [`iam_policy`](mod@iam_policy),
+//! [`redirect_rules`](mod@redirect_rules). Each returns what the binary prints (or a typed error
 //! that names the cause); `main.rs` only picks the exit code.
 
 pub mod check;

@@ -1,6 +1,6 @@
 //! `sts-broker iam-policy`: the IAM policies every configured role needs.
 //!
-//! Pure: a [`Config`] and the broker's principal in, policy documents out. Finding the
+//! Pure: a [`Config`](crate::config::Config) and the broker's principal in, policy documents out. Finding the
 //! principal (`--principal`, `[source] role_arn` or `GetCallerIdentity`) is
 //! `commands::iam_policy`'s job.
 //!

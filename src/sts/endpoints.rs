@@ -51,7 +51,9 @@ pub struct EndpointSet<E> {
 /// error) or failed as an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
+    /// STS answered (success or an STS error): the endpoint works.
     Answered,
+    /// No usable answer: counts towards resting the endpoint.
     Failed,
 }
 
@@ -63,6 +65,8 @@ pub fn is_endpoint_failure(e: &FetchError) -> bool {
 }
 
 impl<E> EndpointSet<E> {
+    /// `endpoints` in the order calls try them, all healthy; `claim_ttl` bounds how long a
+    /// probe of a resting endpoint holds its claim.
     pub fn new(
         endpoints: Vec<E>,
         unhealthy_after: u32,
@@ -82,14 +86,17 @@ impl<E> EndpointSet<E> {
         }
     }
 
+    /// The endpoints, in configured order.
     pub fn endpoints(&self) -> &[E] {
         &self.endpoints
     }
 
+    /// How many endpoints there are.
     pub fn len(&self) -> usize {
         self.endpoints.len()
     }
 
+    /// True when there are none.
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
     }

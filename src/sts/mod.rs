@@ -2,12 +2,19 @@
 //!
 //! Output is converted into [`Credentials`] the moment it arrives: the SDK's `Debug` of an
 //! `AssumeRoleOutput` prints the session token, so SDK types never leave this module.
-//! Errors are classified once ([`error::classify`]) into an [`ErrorClass`] so that back-off and the
-//! 503 body know whether a retry can help.
+//! Errors are classified once ([`error::classify`]) into an [`ErrorClass`] so that back-off and
+//! the 503 body know whether a retry can help.
 //!
 //! SDK retries are off: the refresh scheduler owns retries and back-off, failover to the next
 //! endpoint happens here ([`endpoints`]), and a cold request is bounded by `[sts].timeout`
 //! alone. The broker-wide call rate is [`rate`].
+//!
+//! # Layout
+//! - this file: [`Sts`], the client per endpoint, and the one loop every operation runs
+//!   through (failover, hedging, health and metrics per attempt);
+//! - `call.rs`: each operation's parameters, and the shared send → classify → convert step;
+//! - [`error`]: classification, and the `AccessDenied` hint that points to `iam-policy`;
+//! - [`endpoints`]: endpoint health and failover; [`rate`]: the adaptive call rate.
 
 mod call;
 pub mod endpoints;
@@ -31,12 +38,18 @@ use crate::metrics::Metrics;
 use endpoints::{EndpointSet, Verdict, is_endpoint_failure};
 use error::{classify, explain_denial};
 
-/// STS API names, used as the `api` metric label.
+// STS API names, used as the `api` metric label.
+/// `assume_role` roles.
 pub const API_ASSUME_ROLE: &str = "AssumeRole";
+/// `web_identity` roles, and `[source] kind = "web_identity"`.
 pub const API_ASSUME_ROLE_WITH_WEB_IDENTITY: &str = "AssumeRoleWithWebIdentity";
+/// `session_token` roles.
 pub const API_GET_SESSION_TOKEN: &str = "GetSessionToken";
+/// `federation_token` roles.
 pub const API_GET_FEDERATION_TOKEN: &str = "GetFederationToken";
+/// `saml` roles.
 pub const API_ASSUME_ROLE_WITH_SAML: &str = "AssumeRoleWithSAML";
+/// `iam-policy` finding the broker's principal.
 pub const API_GET_CALLER_IDENTITY: &str = "GetCallerIdentity";
 
 /// One STS endpoint: a client bound to its URL and signing region.
@@ -352,6 +365,7 @@ impl Drop for Abandoned<'_> {
 pub struct CallerIdentity {
     /// `arn:aws:iam::ACCOUNT:user/NAME`, `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`, …
     pub arn: String,
+    /// The 12-digit account the credentials belong to.
     pub account: String,
 }
 
@@ -360,8 +374,12 @@ pub struct CallerIdentity {
 pub struct CallInputs {
     /// Role chaining: sign with the source role's credentials instead of `[source]`.
     pub signer: Option<Credentials>,
+    /// `web_identity`: the token file's content, read for this call (projected tokens
+    /// rotate).
     pub web_identity_token: Option<Secret>,
+    /// `session_token` with `mfa_serial`: the code `mfa_code_command` printed.
     pub mfa_code: Option<Secret>,
+    /// `saml`: the base64 assertion from its file or command.
     pub saml_assertion: Option<Secret>,
     /// Nothing servable is cached (a first prefetch, or a client waiting): the call may be
     /// hedged (`hedge_after`).
