@@ -20,12 +20,12 @@ use aws_credential_types::provider::{
 
 use crate::config::{AssertionSource, Config, RoleConfig, RoleKind, SourceConfig};
 use crate::creds::{Credentials, ErrorClass, FetchError, Secret};
-use crate::sts::{CallInputs, SetupError, Sts, base_sdk_config};
+use crate::sts::{CallInputs, SetupError, Sts, base_sdk_config, sdk_credentials};
 
 /// Builds the STS client for `config`, signing with the configured source credentials.
 ///
 /// # Errors
-/// When no region can be found.
+/// No region can be found, or the failover regions do not fit it.
 pub async fn build_sts(config: &Config) -> Result<Sts, SetupError> {
     let profile = match &config.source {
         SourceConfig::Profile { name } => Some(name.as_str()),
@@ -95,13 +95,7 @@ impl WebIdentitySource {
             .assume_role_with_web_identity(&self.role_arn, &self.session_name, &token)
             .await
             .map_err(CredentialsError::provider_error)?;
-        Ok(aws_credential_types::Credentials::new(
-            c.access_key_id,
-            c.secret_access_key.expose(),
-            Some(c.session_token.expose().to_string()),
-            Some(c.expiration),
-            "sts-broker-web-identity",
-        ))
+        Ok(sdk_credentials(&c, "sts-broker-web-identity"))
     }
 }
 

@@ -205,13 +205,7 @@ impl Issued for GetSessionTokenOutput {
 /// A client like `client` that signs with `creds` (role chaining: the source role's
 /// credentials). No identity cache: the credentials are already at hand.
 fn signing_with(client: &Client, creds: &Credentials) -> Client {
-    let provider = aws_credential_types::Credentials::new(
-        creds.access_key_id.clone(),
-        creds.secret_access_key.expose(),
-        Some(creds.session_token.expose().to_string()),
-        Some(creds.expiration),
-        "sts-broker-source-role",
-    );
+    let provider = sdk_credentials(creds, "sts-broker-source-role");
     let conf = client
         .config()
         .to_builder()
@@ -238,6 +232,20 @@ fn session_tags(tags: &[(String, String)]) -> Result<Option<Vec<Tag>>, FetchErro
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
         .map_err(|e| FetchError::new(ErrorClass::InvalidConfig, None, e.to_string()))
+}
+
+/// Ours → the SDK's, for signing with them; `provider` names where they came from.
+pub(crate) fn sdk_credentials(
+    creds: &Credentials,
+    provider: &'static str,
+) -> aws_credential_types::Credentials {
+    aws_credential_types::Credentials::new(
+        creds.access_key_id.clone(),
+        creds.secret_access_key.expose(),
+        Some(creds.session_token.expose().to_string()),
+        Some(creds.expiration),
+        provider,
+    )
 }
 
 /// SDK credentials → ours. Empty fields are an error: empty credentials are never served.

@@ -17,6 +17,7 @@
 //! - [`endpoints`]: endpoint health and failover; [`rate`]: the adaptive call rate.
 
 mod call;
+pub(crate) use call::sdk_credentials;
 pub mod endpoints;
 pub mod error;
 pub mod rate;
@@ -185,75 +186,6 @@ impl Sts {
             .collect()
     }
 
-    /// One attempt on endpoint `i` within `budget`: health and metrics recorded here.
-    async fn attempt<T>(
-        &self,
-        i: usize,
-        budget: Duration,
-        call: impl std::future::Future<Output = Result<T, FetchError>>,
-    ) -> Result<T, FetchError> {
-        let endpoint = &self.set.endpoints()[i];
-        let started = clock::tokio_instant();
-        // Dropped before it finished: it lost a hedge race (or the call was abandoned). Not
-        // answering in time is this endpoint's failure; without it, a black-holed primary
-        // would never be rested while hedges keep winning.
-        let mut abandoned = Abandoned {
-            sts: self,
-            i,
-            started,
-            armed: true,
-        };
-        let result = match tokio::time::timeout(budget, call).await {
-            Ok(r) => r,
-            Err(_) => Err(FetchError::new(
-                ErrorClass::Transient,
-                None,
-                format!(
-                    "STS call timed out after {} ms (its share of [sts].timeout)",
-                    budget.as_millis()
-                ),
-            )),
-        };
-        abandoned.armed = false;
-        let verdict = match &result {
-            Err(e) if is_endpoint_failure(e) => Verdict::Failed,
-            _ => Verdict::Answered,
-        };
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.class.as_str(),
-        };
-        self.settle(i, verdict, outcome, started);
-        result.map_err(|mut e| {
-            if verdict == Verdict::Failed {
-                e.message = format!("{} (endpoint {})", e.message, endpoint.label);
-            }
-            e
-        })
-    }
-
-    /// Records an attempt's verdict: endpoint health, metrics, and a log line when the
-    /// endpoint starts or stops being skipped.
-    fn settle(&self, i: usize, verdict: Verdict, outcome: &str, started: tokio::time::Instant) {
-        let endpoint = &self.set.endpoints()[i];
-        let now = clock::tokio_instant();
-        let change = self.set.record(i, verdict, now);
-        if let Some(m) = &self.metrics {
-            m.observe_endpoint_call(&endpoint.label, outcome, now.duration_since(started));
-            if let Some(healthy) = change {
-                m.set_endpoint_healthy(&endpoint.label, healthy);
-            }
-        }
-        match change {
-            Some(false) => tracing::warn!(
-                endpoint = %endpoint.label,
-                "STS endpoint failing: skipped for the cool-down, then probed again"
-            ),
-            Some(true) => tracing::info!(endpoint = %endpoint.label, "STS endpoint answers again"),
-            None => {}
-        }
-    }
-
     /// The API name (metric label) a role's kind calls.
     pub fn api_for(kind: &RoleKind) -> &'static str {
         match kind {
@@ -340,6 +272,75 @@ impl Sts {
             Box::pin(self.attempt(i, budget, call(&self.set.endpoints()[i].client)))
         };
         self.set.run(self.timeout, hedge, &attempt).await
+    }
+
+    /// One attempt on endpoint `i` within `budget`: health and metrics recorded here.
+    async fn attempt<T>(
+        &self,
+        i: usize,
+        budget: Duration,
+        call: impl std::future::Future<Output = Result<T, FetchError>>,
+    ) -> Result<T, FetchError> {
+        let endpoint = &self.set.endpoints()[i];
+        let started = clock::tokio_instant();
+        // Dropped before it finished: it lost a hedge race (or the call was abandoned). Not
+        // answering in time is this endpoint's failure; without it, a black-holed primary
+        // would never be rested while hedges keep winning.
+        let mut abandoned = Abandoned {
+            sts: self,
+            i,
+            started,
+            armed: true,
+        };
+        let result = match tokio::time::timeout(budget, call).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::new(
+                ErrorClass::Transient,
+                None,
+                format!(
+                    "STS call timed out after {} ms (its share of [sts].timeout)",
+                    budget.as_millis()
+                ),
+            )),
+        };
+        abandoned.armed = false;
+        let verdict = match &result {
+            Err(e) if is_endpoint_failure(e) => Verdict::Failed,
+            _ => Verdict::Answered,
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.class.as_str(),
+        };
+        self.settle(i, verdict, outcome, started);
+        result.map_err(|mut e| {
+            if verdict == Verdict::Failed {
+                e.message = format!("{} (endpoint {})", e.message, endpoint.label);
+            }
+            e
+        })
+    }
+
+    /// Records an attempt's verdict: endpoint health, metrics, and a log line when the
+    /// endpoint starts or stops being skipped.
+    fn settle(&self, i: usize, verdict: Verdict, outcome: &str, started: tokio::time::Instant) {
+        let endpoint = &self.set.endpoints()[i];
+        let now = clock::tokio_instant();
+        let change = self.set.record(i, verdict, now);
+        if let Some(m) = &self.metrics {
+            m.observe_endpoint_call(&endpoint.label, outcome, now.duration_since(started));
+            if let Some(healthy) = change {
+                m.set_endpoint_healthy(&endpoint.label, healthy);
+            }
+        }
+        match change {
+            Some(false) => tracing::warn!(
+                endpoint = %endpoint.label,
+                "STS endpoint failing: skipped for the cool-down, then probed again"
+            ),
+            Some(true) => tracing::info!(endpoint = %endpoint.label, "STS endpoint answers again"),
+            None => {}
+        }
     }
 }
 
