@@ -419,19 +419,9 @@ pub fn credential_process_json(c: &Credentials) -> String {
 pub async fn assume_once(config: &Config, role: &str) -> Result<Credentials, String> {
     let sts = crate::source::build_sts(config).await?;
     // The chain from `role` back to a role without a source, then obtained from the far end.
-    let mut chain = Vec::new();
-    let mut at = role;
-    loop {
-        let r = config
-            .role(at)
-            .ok_or_else(|| format!("no role named {at:?} in the config"))?;
-        chain.push(r);
-        match r.spec.source_role() {
-            Some(base) if chain.len() <= config.roles.len() => at = base,
-            Some(_) => return Err("source_role chain has a cycle".to_string()),
-            None => break,
-        }
-    }
+    let chain = config
+        .chain(role)
+        .ok_or_else(|| format!("no role named {role:?} in the config"))?;
     let mut signer = None;
     for r in chain.into_iter().rev() {
         let inputs = crate::source::gather_inputs(r, signer.take())

@@ -186,22 +186,6 @@ pub(super) struct RawKubernetes {
     max_sessions: Option<u64>,
 }
 
-pub(super) const KUBERNETES_KEYS: &[&str] = &[
-    "issuer",
-    "audiences",
-    "jwks",
-    "api_server_url",
-    "api_server_token_file",
-    "api_server_ca_file",
-    "discovery_ca_file",
-    "jwks_refresh",
-    "cluster_name",
-    "node_name",
-    "leeway",
-    "session_idle",
-    "max_sessions",
-];
-
 /// Replaces every `${VAR}` with the variable's value from `env`; names the missing ones.
 pub fn expand_env(raw: &str, env: impl Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::new();
@@ -443,7 +427,7 @@ pub(super) fn build_kubernetes(
 pub(super) fn build_access(
     p: &mut Problems,
     scope: &Scope,
-    kind: &str,
+    kind: super::RoleKindTag,
     service_accounts: Option<Vec<String>>,
     session_scope: Option<String>,
 ) -> Option<WorkloadAccess> {
@@ -484,7 +468,7 @@ pub(super) fn build_access(
             SessionScope::ServiceAccount
         }
     };
-    if session_scope != SessionScope::Role && kind != "assume_role" {
+    if session_scope != SessionScope::Role && kind != super::RoleKindTag::AssumeRole {
         p.error(
             scope.clone(),
             Some("session_scope"),

@@ -1,7 +1,11 @@
+use super::listener::{DEFAULT_IMDS_MIN_REMAINING, DEFAULT_MAX_CONNECTIONS};
+use super::refresh::{DEFAULT_LEAD, DEFAULT_MIN_REMAINING};
+use super::sts::{DEFAULT_COOLDOWN, DEFAULT_STS_TIMEOUT, DEFAULT_UNHEALTHY_AFTER};
 use super::*;
 use crate::creds::Secret;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 fn ctx() -> LoadContext {
     LoadContext {
@@ -95,7 +99,10 @@ prefetch = false
     assert_eq!(r.tokens.len(), 1);
     // Inline tokens are discouraged: a warning, not an error.
     assert!(
-        c.warnings.iter().any(|w| w.contains("inline tokens")),
+        c.warnings
+            .iter()
+            .map(ToString::to_string)
+            .any(|w| w.contains("inline tokens")),
         "{:?}",
         c.warnings
     );
@@ -397,8 +404,16 @@ fn token_files_are_read_trimmed_and_loose_modes_warned() {
     let tokens: Vec<&str> = c.roles[0].tokens.iter().map(Secret::expose).collect();
     assert_eq!(tokens, ["secret-token-one", "secret-token-two"]);
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
-    assert!(c.warnings[0].contains("mode 0644"), "{:?}", c.warnings);
-    assert!(!c.warnings[0].contains("secret-token"), "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].to_string().contains("mode 0644"),
+        "{:?}",
+        c.warnings
+    );
+    assert!(
+        !c.warnings[0].to_string().contains("secret-token"),
+        "{:?}",
+        c.warnings
+    );
 }
 
 #[test]
@@ -560,9 +575,18 @@ fn the_imds_role_needs_no_ecs_tokens() {
     let c = parse(&text).unwrap();
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
     assert!(
-        c.warnings[0].contains("role \"lonely\""),
+        c.warnings[0].to_string().contains("role \"lonely\""),
         "{:?}",
         c.warnings
+    );
+    // Warnings have the shape of errors: file, role, key, message.
+    let w = &c.warnings[0];
+    assert_eq!(w.origin, "test.toml");
+    assert_eq!(w.scope, Scope::Role("lonely".to_string()));
+    assert_eq!(w.key.as_deref(), Some("token_files"));
+    assert_eq!(
+        w.to_string(),
+        "test.toml: role \"lonely\": key \"token_files\": no tokens configured: no ECS client can fetch this role"
     );
 }
 
@@ -605,6 +629,7 @@ fn chained_and_web_identity_sourced_sessions_are_clamped_to_an_hour() {
     assert!(
         c.warnings
             .iter()
+            .map(ToString::to_string)
             .any(|w| w.contains("role \"c\"") && w.contains("clamped to 1h")),
         "{:?}",
         c.warnings
@@ -729,7 +754,10 @@ fn local_users_resolve_names_and_uids() {
     let imds = c.imds.as_ref().unwrap();
     assert_eq!(imds.role, None, "[imds] role is optional with local_users");
     assert!(
-        c.warnings.iter().all(|w| !w.contains("no tokens")),
+        c.warnings
+            .iter()
+            .map(ToString::to_string)
+            .all(|w| !w.contains("no tokens")),
         "local users need no tokens: {:?}",
         c.warnings
     );
@@ -942,7 +970,10 @@ fn kubernetes_roles_parse_with_defaults() {
     assert!(!r.spec.prefetch);
     // No tokens but service accounts: reachable, so no warning about it.
     assert!(
-        cfg.warnings.iter().all(|w| !w.contains("no tokens")),
+        cfg.warnings
+            .iter()
+            .map(ToString::to_string)
+            .all(|w| !w.contains("no tokens")),
         "{:?}",
         cfg.warnings
     );
