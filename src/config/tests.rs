@@ -1096,3 +1096,72 @@ fn api_server_jwks_needs_an_address() {
             .contains("needs an https:// issuer")
     );
 }
+
+#[test]
+fn source_role_chains_are_resolved_once() {
+    let role = |name: &str, source: &str| {
+        let source = if source.is_empty() {
+            String::new()
+        } else {
+            format!("source_role = \"{source}\"\n")
+        };
+        format!(
+            "[[role]]\nname = \"{name}\"\narn = \"arn:aws:iam::123456789012:role/{name}\"\ntokens = [\"tok-{name}-0123456789abcdef\"]\n{source}"
+        )
+    };
+    let text = format!(
+        "{BASE}\n{}{}{}{}",
+        role("c", "b"),
+        role("b", "a"),
+        role("d", "a"),
+        role("a", "")
+    );
+    let c = parse(&text).unwrap();
+    let names = |it: &mut dyn Iterator<Item = &Arc<RoleConfig>>| -> Vec<String> {
+        it.map(|r| r.name.clone()).collect()
+    };
+    // Sources first; roles of one depth in config order.
+    assert_eq!(names(&mut c.in_dependency_order()), ["a", "b", "d", "c"]);
+    assert_eq!(names(&mut c.ancestors("c")), ["b", "a"]);
+    assert_eq!(names(&mut c.ancestors("d")), ["a"]);
+    assert!(c.ancestors("a").next().is_none());
+    assert!(c.ancestors("nobody").next().is_none());
+    let chain: Vec<&str> = c
+        .chain("c")
+        .unwrap()
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(chain, ["c", "b", "a"]);
+    assert!(c.chain("nobody").is_none());
+}
+
+#[test]
+fn keys_of_another_kind_and_unknown_keys_are_named() {
+    let errs = errors(&role("kind = \"session_token\"\nmfa_serial = \"x\"\nexternal_id = \"abcd\""));
+    // `arn` is a key of assume_role (and others), not of session_token.
+    assert!(
+        errs.iter().any(|e| e
+            == "test.toml: role \"app\": key \"arn\": is used by kind = \"assume_role\", not by kind = \"session_token\""),
+        "{errs:#?}"
+    );
+    let errs = errors(&role("kind = \"session_token\"\ncolour = 1").replace(
+        "arn = \"arn:aws:iam::123456789012:role/app\"\n",
+        "",
+    ));
+    let unknown = errs
+        .iter()
+        .find(|e| e.contains("key \"colour\": unknown key; expected one of "))
+        .unwrap_or_else(|| panic!("{errs:#?}"));
+    // The list names the keys this kind takes, each once.
+    assert!(unknown.contains("mfa_serial"), "{unknown}");
+    assert!(!unknown.contains("external_id"), "{unknown}");
+    assert!(!unknown.contains("arn,"), "{unknown}");
+    let errs = errors(&role("kind = \"bogus\""));
+    assert!(
+        errs.iter().any(|e| e.ends_with(
+            "key \"kind\": \"bogus\" is not one of assume_role, web_identity, session_token, federation_token, saml"
+        )),
+        "{errs:#?}"
+    );
+}
