@@ -1138,17 +1138,19 @@ fn source_role_chains_are_resolved_once() {
 
 #[test]
 fn keys_of_another_kind_and_unknown_keys_are_named() {
-    let errs = errors(&role("kind = \"session_token\"\nmfa_serial = \"x\"\nexternal_id = \"abcd\""));
+    let errs = errors(&role(
+        "kind = \"session_token\"\nmfa_serial = \"x\"\nexternal_id = \"abcd\"",
+    ));
     // `arn` is a key of assume_role (and others), not of session_token.
     assert!(
         errs.iter().any(|e| e
             == "test.toml: role \"app\": key \"arn\": is used by kind = \"assume_role\", not by kind = \"session_token\""),
         "{errs:#?}"
     );
-    let errs = errors(&role("kind = \"session_token\"\ncolour = 1").replace(
-        "arn = \"arn:aws:iam::123456789012:role/app\"\n",
-        "",
-    ));
+    let errs = errors(
+        &role("kind = \"session_token\"\ncolour = 1")
+            .replace("arn = \"arn:aws:iam::123456789012:role/app\"\n", ""),
+    );
     let unknown = errs
         .iter()
         .find(|e| e.contains("key \"colour\": unknown key; expected one of "))

@@ -9,7 +9,9 @@
 /// and the region that SigV4 signs for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointTarget {
+    /// The URL called; `None`: the SDK's default for `region`.
     pub url: Option<String>,
+    /// The region SigV4 signs for.
     pub region: String,
 }
 
