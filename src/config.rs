@@ -30,7 +30,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use audit::AuditConfig;
-pub(crate) use checks::is_word;
 pub use checks::{
     check_external_id, check_policy_arn, check_role_arn, check_role_name, check_session_name,
     check_source_identity, check_tag, expand_session_name, parse_instant,

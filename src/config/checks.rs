@@ -8,8 +8,29 @@ const MAX_TAG_KEY: usize = 128;
 const MAX_TAG_VALUE: usize = 256;
 
 /// A character of `\w` as STS means it: ASCII letters, digits and `_`.
-pub(crate) fn is_word(c: char) -> bool {
+fn is_word(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// Whether `c` may appear in a RoleSessionName: `[\w+=,.@-]`.
+pub(super) fn is_session_name_char(c: char) -> bool {
+    is_word(c) || "+=,.@-".contains(c)
+}
+
+/// `s` with the characters STS rejects in a session name replaced by `-`.
+pub(super) fn clean_session_name_part(s: &str) -> String {
+    s.chars()
+        .map(|c| if is_session_name_char(c) { c } else { '-' })
+        .collect()
+}
+
+/// Whether `s` is of the shape STS gives most names: `len` bytes of `\w`, or `ok`.
+pub(super) fn is_sts_text(
+    s: &str,
+    len: std::ops::RangeInclusive<usize>,
+    ok: impl Fn(char) -> bool,
+) -> bool {
+    len.contains(&s.len()) && s.chars().all(|c| is_word(c) || ok(c))
 }
 
 /// Role names appear in URLs and metric labels: keep them plain.
@@ -87,9 +108,7 @@ pub fn check_policy_arn(arn: &str) -> Result<(), String> {
 
 /// RoleSessionName: 2..64 of `[\w+=,.@-]`.
 pub fn check_session_name(name: &str) -> Result<(), String> {
-    let ok =
-        (2..=64).contains(&name.len()) && name.chars().all(|c| is_word(c) || "+=,.@-".contains(c));
-    if ok {
+    if is_sts_text(name, 2..=64, is_session_name_char) {
         Ok(())
     } else {
         Err(format!(
@@ -114,7 +133,7 @@ pub fn check_source_identity(si: &str) -> Result<(), String> {
     if si.to_ascii_lowercase().starts_with("aws:") {
         return Err(format!("{si:?} must not start with \"aws:\""));
     }
-    if !(2..=64).contains(&si.len()) || !si.chars().all(|c| is_word(c) || "+=,.@-".contains(c)) {
+    if !is_sts_text(si, 2..=64, is_session_name_char) {
         return Err(format!(
             "{si:?} must be 2..64 characters of letters, digits and +=,.@_-"
         ));
@@ -167,15 +186,8 @@ pub fn expand_session_name(template: &str, hostname: &str) -> String {
     }
     let fixed = template.replace(PLACEHOLDER, "");
     let room = 64usize.saturating_sub(fixed.len());
-    let host: String = hostname
+    let host: String = clean_session_name_part(hostname)
         .chars()
-        .map(|c| {
-            if is_word(c) || "+=,.@-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
         .take(room)
         .collect();
     template

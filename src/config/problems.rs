@@ -6,7 +6,7 @@
 //! every table's builder, and what it holds is returned together.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
@@ -135,6 +135,22 @@ impl Problems {
                     Some(key),
                     format!("{raw:?} is not a duration like \"15m\" or \"1h\" ({e})"),
                 );
+                None
+            }
+        }
+    }
+
+    /// Parses an RFC 3339 instant (`revoke_before`), recording a problem when it is bad.
+    pub(super) fn instant(
+        &mut self,
+        scope: &Scope,
+        key: &str,
+        raw: Option<&str>,
+    ) -> Option<SystemTime> {
+        match super::parse_instant(raw?) {
+            Ok(t) => Some(t),
+            Err(why) => {
+                self.error(scope.clone(), Some(key), why);
                 None
             }
         }

@@ -6,7 +6,6 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use super::parse_instant;
 use super::problems::{Problems, Scope};
 
 pub(super) const DEFAULT_LEAD: Duration = Duration::from_secs(40 * 60);
@@ -150,16 +149,7 @@ pub(super) fn build_refresh(p: &mut Problems, raw: RawRefresh) -> RefreshConfig 
     let startup_spread = p
         .duration(&scope, "startup_spread", raw.startup_spread.as_deref())
         .unwrap_or_default();
-    let revoke_before = raw
-        .revoke_before
-        .as_deref()
-        .and_then(|t| match parse_instant(t) {
-            Ok(t) => Some(t),
-            Err(why) => {
-                p.error(scope.clone(), Some("revoke_before"), why);
-                None
-            }
-        });
+    let revoke_before = p.instant(&scope, "revoke_before", raw.revoke_before.as_deref());
     RefreshConfig {
         lead,
         min_remaining,

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use super::session_name::{clean_name_part, has_caller_placeholders};
+use super::session_name::has_caller_placeholders;
 use super::{KubernetesConfig, SessionScope, WorkloadAccess, parse_pattern};
+use crate::config::checks::clean_session_name_part;
 use crate::config::problems::{Problems, Scope};
 use crate::config::{RoleConfig, RoleKind, RoleKindTag};
 
@@ -94,7 +95,7 @@ pub(in crate::config) fn finish_roles(
         if template_uses_cluster {
             match cluster {
                 Some(c) => {
-                    let c = clean_name_part(c);
+                    let c = clean_session_name_part(c);
                     let r = Arc::make_mut(role);
                     if let Some(w) = r.spec.workload.as_mut()
                         && let Some(t) = w.session_template.take()
@@ -120,7 +121,8 @@ pub(in crate::config) fn finish_roles(
                 Some(c) => {
                     let r = Arc::make_mut(role);
                     if let Some(t) = r.spec.session_name.take() {
-                        r.spec.session_name = Some(t.replace("{cluster}", &clean_name_part(c)));
+                        r.spec.session_name =
+                            Some(t.replace("{cluster}", &clean_session_name_part(c)));
                     }
                 }
                 None if !table_present || k8s.is_some() => p.error(

@@ -2,7 +2,7 @@
 //! template per scope, and the rendering per caller (cut with a hash to fit STS's 64).
 
 use super::{SessionScope, WorkloadFacts};
-use crate::config::is_word;
+use crate::config::checks::{clean_session_name_part, is_session_name_char};
 
 /// Room kept for `-` and 8 hex digits when a rendered session name is cut.
 const HASH_CUT: usize = 9;
@@ -47,7 +47,7 @@ pub(in crate::config) fn check_template(
     let fixed = CALLER_PLACEHOLDERS
         .iter()
         .fold(template.to_string(), |t, c| t.replace(c, ""));
-    if !fixed.chars().all(|c| is_word(c) || "+=,.@-".contains(c)) {
+    if !fixed.chars().all(is_session_name_char) {
         return Err(format!(
             "{template:?}: outside the placeholders {{namespace}} {{service_account}} {{pod}} {{cluster}} {{hostname}}, only letters, digits and +=,.@_- are allowed"
         ));
@@ -67,9 +67,12 @@ pub(in crate::config) fn check_template(
 pub fn render_session_name(template: &str, who: &WorkloadFacts<'_>) -> String {
     use sha2::{Digest, Sha256};
     let full = template
-        .replace("{namespace}", &clean_name_part(who.namespace))
-        .replace("{service_account}", &clean_name_part(who.service_account))
-        .replace("{pod}", &clean_name_part(who.pod_name));
+        .replace("{namespace}", &clean_session_name_part(who.namespace))
+        .replace(
+            "{service_account}",
+            &clean_session_name_part(who.service_account),
+        )
+        .replace("{pod}", &clean_session_name_part(who.pod_name));
     if full.len() <= MAX_SESSION_NAME && full.len() >= 2 {
         return full;
     }
@@ -79,19 +82,6 @@ pub fn render_session_name(template: &str, who: &WorkloadFacts<'_>) -> String {
         cut.push('k');
     }
     format!("{cut}-{digest}")
-}
-
-/// `s` with the characters STS rejects in a session name replaced by `-`.
-pub(super) fn clean_name_part(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if is_word(c) || "+=,.@-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -4,8 +4,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
+use super::super::checks::{is_session_name_char, is_sts_text};
 use super::super::problems::{Problems, Scope};
-use super::super::{check_external_id, check_source_identity, is_word};
+use super::super::{check_external_id, check_source_identity};
 use super::limits::{self, MAX_TAGS};
 use super::parse::RawRole;
 use super::{AssertionSource, Mfa, RoleKind, RoleKindTag};
@@ -215,9 +216,7 @@ fn check_command(p: &mut Problems, scope: &Scope, key: &str, argv: &[String]) {
 
 /// MFA SerialNumber: 9..256 of `[\w+=/:,.@-]`.
 pub fn check_mfa_serial(serial: &str) -> Result<(), String> {
-    let ok = (9..=256).contains(&serial.len())
-        && serial.chars().all(|c| is_word(c) || "+=/:,.@-".contains(c));
-    if ok {
+    if is_sts_text(serial, 9..=256, |c| "+=/:,.@-".contains(c)) {
         Ok(())
     } else {
         Err(format!(
@@ -228,9 +227,7 @@ pub fn check_mfa_serial(serial: &str) -> Result<(), String> {
 
 /// GetFederationToken Name: 2..32 of `[\w+=,.@-]`.
 pub fn check_federated_name(name: &str) -> Result<(), String> {
-    let ok =
-        (2..=32).contains(&name.len()) && name.chars().all(|c| is_word(c) || "+=,.@-".contains(c));
-    if ok {
+    if is_sts_text(name, 2..=32, is_session_name_char) {
         Ok(())
     } else {
         Err(format!(

@@ -14,7 +14,7 @@ use super::super::kubernetes::{self, SessionScope, WorkloadAccess};
 use super::super::problems::{Problems, Scope};
 use super::super::{
     LoadContext, RefreshConfig, SourceConfig, check_role_arn, check_role_name, check_session_name,
-    expand_session_name, parse_instant,
+    expand_session_name,
 };
 use super::{MIN_DURATION, RoleConfig, RoleKind, RoleKindTag, RoleSpec};
 use super::{chain, kinds, limits, tokens, users};
@@ -245,16 +245,7 @@ fn build_role(
         &raw.name,
     );
     let local_users = users::resolve_users(p, &scope, raw.local_users);
-    let revoke_before = raw
-        .revoke_before
-        .as_deref()
-        .and_then(|t| match parse_instant(t) {
-            Ok(t) => Some(t),
-            Err(why) => {
-                p.error(scope.clone(), Some("revoke_before"), why);
-                None
-            }
-        });
+    let revoke_before = p.instant(&scope, "revoke_before", raw.revoke_before.as_deref());
     if p.error_count() > errors_before {
         return None;
     }
