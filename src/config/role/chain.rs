@@ -110,46 +110,40 @@ pub(super) fn check_across_roles(
     let index = index_by_name(roles.iter().map(|r| r.name.as_str()));
     let kinds: Vec<RoleKindTag> = roles.iter().map(|r| r.spec.kind.tag()).collect();
     let source_of = |i: usize| roles[i].spec.source_role();
-    // Per role: the kind of its source (`Err`: no such role) and where its chain leads.
-    let links: Vec<Option<(Result<RoleKindTag, String>, Walk)>> = (0..roles.len())
+    // Per chained role: its source's kind (`None`: no such role) and, when its chain comes
+    // back to it, the names along the way.
+    let links: Vec<Option<(Option<RoleKindTag>, Option<String>)>> = (0..roles.len())
         .map(|i| {
             let base = source_of(i)?;
-            let base_kind = index
-                .get(base)
-                .map(|&j| kinds[j])
-                .ok_or_else(|| base.to_string());
-            Some((base_kind, walk(i, &source_of, &index)))
-        })
-        .collect();
-    let cycle_names = |path: &[usize]| -> String {
-        let names: Vec<&str> = path.iter().map(|&i| roles[i].name.as_str()).collect();
-        names.join(" -> ")
-    };
-    let cycles: Vec<Option<String>> = links
-        .iter()
-        .map(|l| match l {
-            Some((_, Walk::Cycle(path))) => Some(cycle_names(path)),
-            _ => None,
+            let base_kind = index.get(base).map(|&j| kinds[j]);
+            let cycle = match walk(i, &source_of, &index) {
+                Walk::Cycle(path) => {
+                    let names: Vec<&str> = path.iter().map(|&i| roles[i].name.as_str()).collect();
+                    Some(names.join(" -> "))
+                }
+                _ => None,
+            };
+            Some((base_kind, cycle))
         })
         .collect();
     let broker_is_a_role = matches!(source, Some(SourceConfig::WebIdentity { .. }));
-    for ((r, link), cycle) in roles.iter_mut().zip(links).zip(cycles) {
+    for (r, link) in roles.iter_mut().zip(links) {
         let scope = Scope::Role(r.name.clone());
         let mut chained = false;
-        if let Some((base_kind, _)) = link {
+        if let Some((base_kind, cycle)) = link {
             let base = r.spec.source_role().unwrap_or_default();
             match base_kind {
-                Err(_) => p.error(
+                None => p.error(
                     scope.clone(),
                     Some("source_role"),
                     format!("{base:?} is not the name of a [[role]]"),
                 ),
-                Ok(RoleKindTag::FederationToken) => p.error(
+                Some(RoleKindTag::FederationToken) => p.error(
                     scope.clone(),
                     Some("source_role"),
                     format!("{base:?} is a federation_token role; federated users cannot call AssumeRole"),
                 ),
-                Ok(k) => chained = k.yields_role_credentials(),
+                Some(k) => chained = k.yields_role_credentials(),
             }
             if let Some(cycle) = cycle {
                 p.error(
