@@ -169,13 +169,13 @@ mod tests {
 
     #[test]
     fn every_kind_key_is_a_field_of_its_table() {
-        let role = fields::<super::super::role::parse::RawRole>();
+        let role = fields::<crate::config::role::parse::RawRole>();
         for (kind, keys) in ROLE_KIND_KEYS {
             for k in *keys {
                 assert!(role.contains(k), "{kind:?}: {k}");
             }
         }
-        let source = fields::<super::super::source::RawSource>();
+        let source = fields::<crate::config::source::RawSource>();
         for (kind, keys) in SOURCE_KIND_KEYS {
             for k in *keys {
                 assert!(source.contains(k), "{kind:?}: {k}");

@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::super::problems::{Problems, Scope};
-use super::super::{RefreshConfig, SourceConfig};
 use super::{CHAINED_MAX_DURATION, RoleConfig, RoleKind, RoleKindTag};
+use crate::config::problems::{Problems, Scope};
+use crate::config::{RefreshConfig, SourceConfig};
 
 /// Each role's place among the chains, as indices into `Config::roles`.
 #[derive(Debug, Clone, Default)]

@@ -4,12 +4,12 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
-use super::super::checks::{is_session_name_char, is_sts_text};
-use super::super::problems::{Problems, Scope};
-use super::super::{check_external_id, check_source_identity};
 use super::limits::{self, MAX_TAGS};
 use super::parse::RawRole;
 use super::{AssertionSource, Mfa, RoleKind, RoleKindTag};
+use crate::config::checks::{is_session_name_char, is_sts_text};
+use crate::config::problems::{Problems, Scope};
+use crate::config::{check_external_id, check_source_identity};
 use crate::creds::Secret;
 
 /// The kind's own parameters, by the builder of `kind`.
@@ -181,7 +181,7 @@ fn required_readable_file(
         p.error(scope.clone(), Some(key), "required");
         return PathBuf::new();
     };
-    if let Err(e) = super::super::file::open_regular(&path) {
+    if let Err(e) = crate::config::file::open_regular(&path) {
         p.error(
             scope.clone(),
             Some(key),

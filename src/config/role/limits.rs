@@ -2,8 +2,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use super::super::problems::{Problems, Scope};
-use super::super::{check_policy_arn, check_tag};
+use crate::config::problems::{Problems, Scope};
+use crate::config::{check_policy_arn, check_tag};
 
 /// Session tags (and transitive tag keys) per call.
 pub(super) const MAX_TAGS: usize = 50;

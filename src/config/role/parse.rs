@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::super::keys::{self, ROLE_KIND_KEYS};
-use super::super::kubernetes::{self, SessionScope, WorkloadAccess};
-use super::super::problems::{Problems, Scope};
-use super::super::{
+use super::{MIN_DURATION, RoleConfig, RoleKind, RoleKindTag, RoleSpec};
+use super::{chain, kinds, limits, tokens, users};
+use crate::config::keys::{self, ROLE_KIND_KEYS};
+use crate::config::kubernetes::{self, SessionScope, WorkloadAccess};
+use crate::config::problems::{Problems, Scope};
+use crate::config::{
     LoadContext, RefreshConfig, SourceConfig, check_role_arn, check_role_name, check_session_name,
     expand_session_name,
 };
-use super::{MIN_DURATION, RoleConfig, RoleKind, RoleKindTag, RoleSpec};
-use super::{chain, kinds, limits, tokens, users};
 
 const DEFAULT_DURATION: Duration = Duration::from_secs(3600);
 /// Used when a role sets no `session_name`.

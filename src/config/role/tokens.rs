@@ -5,8 +5,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
-use super::super::problems::{Problems, Scope};
-use super::super::{file, relative_uri};
+use crate::config::problems::{Problems, Scope};
+use crate::config::{file, relative_uri};
 use crate::creds::Secret;
 
 /// Reads the token files (trailing whitespace trimmed) and adds the inline tokens.

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::super::problems::{Problems, Scope};
 use super::{LocalUser, RoleConfig};
+use crate::config::problems::{Problems, Scope};
 
 /// One entry of `local_users = ["billing", 1207]`: a name or a numeric UID.
 enum RawUser {
