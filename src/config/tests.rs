@@ -1159,6 +1159,17 @@ fn keys_of_another_kind_and_unknown_keys_are_named() {
     assert!(unknown.contains("mfa_serial"), "{unknown}");
     assert!(!unknown.contains("external_id"), "{unknown}");
     assert!(!unknown.contains("arn,"), "{unknown}");
+    // `[imds]` takes the listener keys and its own.
+    let errs = errors(&format!(
+        "{}\n[imds]\nrole = \"app\"\ncolour = 1\n",
+        role("")
+    ));
+    assert!(
+        errs.iter().any(|e| e.ends_with(
+            "[imds]: key \"colour\": unknown key; expected one of listen, allowed_hosts, max_connections, per_peer_rate_limit, allowed_sources, role, allow_v1, max_token_ttl, min_remaining, hop_limit"
+        )),
+        "{errs:#?}"
+    );
     let errs = errors(&role("kind = \"bogus\""));
     assert!(
         errs.iter().any(|e| e.ends_with(
