@@ -220,7 +220,7 @@ impl Config {
     /// Every role, each after the role it is chained from (`source_role`), otherwise in
     /// config order: the order to set roles up in, so a source is there before its users.
     pub fn in_dependency_order(&self) -> impl Iterator<Item = &Arc<RoleConfig>> {
-        self.chains.order().iter().map(|&i| &self.roles[i])
+        self.chains.order().iter().filter_map(|&i| self.roles.get(i))
     }
 
     /// The roles `name` is chained from, nearest first: its `source_role`, that role's
@@ -229,7 +229,7 @@ impl Config {
         let at = self.roles.iter().position(|r| r.name == name);
         at.map_or(&[][..], |i| self.chains.ancestors(i))
             .iter()
-            .map(|&i| &self.roles[i])
+            .filter_map(|&i| self.roles.get(i))
     }
 
     /// The role called `name` followed by its ancestors (see [`Config::ancestors`]): the
