@@ -449,7 +449,7 @@ impl Broker {
     /// credentials were not obtained before its `revoke_before`, starts new, changed and
     /// revoked roles (prefetched ones fetch at once, or after their share of `spread`; lazy
     /// ones on their next request), stops removed ones. Source roles are placed before the
-    /// roles chained from them (the config has no cycles).
+    /// roles chained from them (`Config::in_dependency_order`).
     async fn apply_roles(
         &self,
         config: &Arc<Config>,
@@ -483,55 +483,44 @@ impl Broker {
             .collect();
         let imds_role = config.imds.as_ref().and_then(|i| i.role.as_deref());
         let imds_on = config.imds.is_some();
-        let mut pending: Vec<&Arc<config::RoleConfig>> = config.roles.iter().collect();
-        while !pending.is_empty() {
-            let (ready, waiting): (Vec<_>, Vec<_>) = pending
-                .into_iter()
-                .partition(|r| r.spec.source_role().is_none_or(|b| roles.contains_key(b)));
-            assert!(
-                !ready.is_empty(),
-                "validated configs have no source_role cycles"
-            );
-            pending = waiting;
-            for role in ready {
-                let base = role.spec.source_role().and_then(|b| roles.get(b)).cloned();
-                let same_base = |slot: &RoleSlot| match (&slot.base, &base) {
-                    (None, None) => true,
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                    _ => false,
-                };
-                let uses = SlotUses {
-                    imds: imds_role == Some(role.name.as_str())
-                        || (imds_on && !role.local_users.is_empty()),
-                    source: sources.contains(role.name.as_str()),
-                };
-                let slot = match old.get(&role.name) {
-                    Some(slot)
-                        if slot.config.spec == role.spec
-                            && same_base(slot)
-                            && slot.uses == uses
-                            && !revoked.contains(role.name.as_str()) =>
-                    {
-                        Arc::clone(slot)
-                    }
-                    _ => {
-                        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-                        let slot = RoleSlot::new(Arc::clone(role), generation, base, uses);
-                        let stop = self.refresh_stop.child_token();
-                        tasks.insert(slot.key.clone(), stop.clone());
-                        let first_delay = spread.mul_f64(rand::random::<f64>());
-                        self.refreshers.spawn(refresh::role_loop(
-                            Arc::clone(&self.cache),
-                            Arc::clone(&slot),
-                            Arc::clone(&self.config),
-                            stop,
-                            first_delay,
-                        ));
-                        slot
-                    }
-                };
-                roles.insert(role.name.clone(), slot);
-            }
+        for role in config.in_dependency_order() {
+            let base = role.spec.source_role().and_then(|b| roles.get(b)).cloned();
+            let same_base = |slot: &RoleSlot| match (&slot.base, &base) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            let uses = SlotUses {
+                imds: imds_role == Some(role.name.as_str())
+                    || (imds_on && !role.local_users.is_empty()),
+                source: sources.contains(role.name.as_str()),
+            };
+            let slot = match old.get(&role.name) {
+                Some(slot)
+                    if slot.config.spec == role.spec
+                        && same_base(slot)
+                        && slot.uses == uses
+                        && !revoked.contains(role.name.as_str()) =>
+                {
+                    Arc::clone(slot)
+                }
+                _ => {
+                    let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+                    let slot = RoleSlot::new(Arc::clone(role), generation, base, uses);
+                    let stop = self.refresh_stop.child_token();
+                    tasks.insert(slot.key.clone(), stop.clone());
+                    let first_delay = spread.mul_f64(rand::random::<f64>());
+                    self.refreshers.spawn(refresh::role_loop(
+                        Arc::clone(&self.cache),
+                        Arc::clone(&slot),
+                        Arc::clone(&self.config),
+                        stop,
+                        first_delay,
+                    ));
+                    slot
+                }
+            };
+            roles.insert(role.name.clone(), slot);
         }
         // Keep the verifier (and the keys it holds) unless [kubernetes] changed.
         let kubernetes = {

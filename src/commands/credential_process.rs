@@ -4,7 +4,6 @@
 use crate::clock;
 use crate::config::{Config, RoleConfig};
 use crate::creds::{Credentials, FetchError};
-use crate::iam::policy::source_chain;
 use crate::sts::{SetupError, Sts};
 
 /// The `credential_process` JSON (`Version: 1`) for `~/.aws/config` users.
@@ -48,15 +47,13 @@ pub enum AssumeOnceError {
 /// Unknown role, STS set-up failure, or the classified STS error.
 pub async fn assume_once(config: &Config, role: &str) -> Result<Credentials, AssumeOnceError> {
     let sts = crate::source::build_sts(config).await?;
-    let target = config
-        .role(role)
+    // `role` and the roles it is chained from, obtained from the far end (a role without a
+    // source) back to `role` itself.
+    let chain = config
+        .chain(role)
         .ok_or_else(|| AssumeOnceError::UnknownRole(role.to_string()))?;
-    // The chain from the far end (a role without a source) to `role` itself.
-    let mut chain: Vec<&RoleConfig> = source_chain(config, target).collect();
-    chain.reverse();
-    chain.push(target);
     let mut signer = None;
-    for r in chain {
+    for r in chain.into_iter().rev() {
         signer = Some(obtain(&sts, r, signer.take()).await?);
     }
     Ok(signer.expect("the chain holds at least `role` itself"))

@@ -11,7 +11,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Problems, RoleConfig, RoleKind, Scope, is_word};
+mod roles;
+mod session_name;
+
+use super::{Problems, Scope};
+
+pub(super) use roles::{build_access, finish_roles};
+pub(super) use session_name::{check_template, default_session_name};
+pub use session_name::{has_caller_placeholders, render_session_name};
 
 const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(3600);
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
@@ -20,17 +27,16 @@ const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(2 * 3600);
 const DEFAULT_MAX_SESSIONS: u64 = 10_000;
 const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 const DEFAULT_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
-/// STS's limits per call.
-const MAX_TAGS: usize = 50;
-/// Room kept for `-` and 8 hex digits when a rendered session name is cut.
-const HASH_CUT: usize = 9;
-const MAX_SESSION_NAME: usize = 64;
 
 /// The session-tag keys EKS Pod Identity sets; ABAC policies written for it carry over.
 pub const TAG_NAMESPACE: &str = "kubernetes-namespace";
+/// The caller's service account.
 pub const TAG_SERVICE_ACCOUNT: &str = "kubernetes-service-account";
+/// `cluster_name`.
 pub const TAG_CLUSTER: &str = "eks-cluster-name";
+/// The caller's pod (session scope `pod`).
 pub const TAG_POD_NAME: &str = "kubernetes-pod-name";
+/// The caller's pod UID (session scope `pod`).
 pub const TAG_POD_UID: &str = "kubernetes-pod-uid";
 
 /// `[kubernetes]`: how service-account tokens are verified and caller sessions kept.
@@ -40,6 +46,7 @@ pub struct KubernetesConfig {
     pub issuer: String,
     /// Accepted `aud` values (a token needs one of them).
     pub audiences: Vec<String>,
+    /// Where the signing keys come from.
     pub jwks: JwksSource,
     /// Clock skew allowed on `exp`, `nbf` and `iat`.
     pub leeway: Duration,
@@ -63,7 +70,9 @@ pub enum JwksSource {
     ApiServer {
         /// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT` unless `api_server_url`.
         url: String,
+        /// The broker's own service-account token (bearer for the API server).
         token_file: PathBuf,
+        /// The cluster CA the API server's certificate is checked against.
         ca_file: PathBuf,
     },
     /// OIDC discovery: `$issuer/.well-known/openid-configuration` → `jwks_uri`, https only.
@@ -88,6 +97,7 @@ pub enum SessionScope {
 }
 
 impl SessionScope {
+    /// The config spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             SessionScope::Role => "role",
@@ -118,12 +128,14 @@ impl SessionScope {
 /// `namespace/name`, or `namespace/*` for every service account in the namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceAccountPattern {
+    /// The namespace, always exact.
     pub namespace: String,
     /// `None`: any name.
     pub name: Option<String>,
 }
 
 impl ServiceAccountPattern {
+    /// Whether the service account `namespace/name` matches.
     pub fn matches(&self, namespace: &str, name: &str) -> bool {
         self.namespace == namespace && self.name.as_deref().is_none_or(|n| n == name)
     }
@@ -143,7 +155,9 @@ impl std::fmt::Display for ServiceAccountPattern {
 /// A role's Kubernetes keys.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WorkloadAccess {
+    /// Who may call: `namespace/name` or `namespace/*`.
     pub service_accounts: Vec<ServiceAccountPattern>,
+    /// Which callers share one STS session.
     pub scope: SessionScope,
     /// The session name template with caller placeholders (`{hostname}` and `{cluster}`
     /// filled), rendered per caller session. The role's own session (static tokens, scope
@@ -152,6 +166,7 @@ pub struct WorkloadAccess {
 }
 
 impl WorkloadAccess {
+    /// Whether the service account `namespace/name` may use the role.
     pub fn allows(&self, namespace: &str, name: &str) -> bool {
         self.service_accounts
             .iter()
@@ -162,9 +177,13 @@ impl WorkloadAccess {
 /// The caller a verified token names: what templates and tags are filled from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkloadFacts<'a> {
+    /// The caller's namespace.
     pub namespace: &'a str,
+    /// The caller's service account name.
     pub service_account: &'a str,
+    /// The caller's pod name (verified tokens are bound to a pod).
     pub pod_name: &'a str,
+    /// The caller's pod UID.
     pub pod_uid: &'a str,
 }
 
@@ -185,22 +204,6 @@ pub(super) struct RawKubernetes {
     session_idle: Option<String>,
     max_sessions: Option<u64>,
 }
-
-pub(super) const KUBERNETES_KEYS: &[&str] = &[
-    "issuer",
-    "audiences",
-    "jwks",
-    "api_server_url",
-    "api_server_token_file",
-    "api_server_ca_file",
-    "discovery_ca_file",
-    "jwks_refresh",
-    "cluster_name",
-    "node_name",
-    "leeway",
-    "session_idle",
-    "max_sessions",
-];
 
 /// Replaces every `${VAR}` with the variable's value from `env`; names the missing ones.
 pub fn expand_env(raw: &str, env: impl Fn(&str) -> Option<String>) -> Result<String, String> {
@@ -438,274 +441,6 @@ pub(super) fn build_kubernetes(
     })
 }
 
-/// The role keys, read in `build_role`: patterns and scope, and which placeholders the
-/// scope allows in the session name. `kind` decides whether caller tags are possible.
-pub(super) fn build_access(
-    p: &mut Problems,
-    scope: &Scope,
-    kind: &str,
-    service_accounts: Option<Vec<String>>,
-    session_scope: Option<String>,
-) -> Option<WorkloadAccess> {
-    let Some(raw) = service_accounts else {
-        if session_scope.is_some() {
-            p.error(
-                scope.clone(),
-                Some("session_scope"),
-                "is used only with service_accounts",
-            );
-        }
-        return None;
-    };
-    let mut patterns = Vec::new();
-    if raw.is_empty() {
-        p.error(
-            scope.clone(),
-            Some("service_accounts"),
-            "is empty; list \"namespace/name\" entries or leave the key out",
-        );
-    }
-    for r in &raw {
-        match parse_pattern(r) {
-            Ok(pat) => patterns.push(pat),
-            Err(why) => p.error(scope.clone(), Some("service_accounts"), why),
-        }
-    }
-    let session_scope = match session_scope.as_deref() {
-        None | Some("service_account") => SessionScope::ServiceAccount,
-        Some("role") => SessionScope::Role,
-        Some("pod") => SessionScope::Pod,
-        Some(other) => {
-            p.error(
-                scope.clone(),
-                Some("session_scope"),
-                format!("{other:?} is not \"role\", \"service_account\" or \"pod\""),
-            );
-            SessionScope::ServiceAccount
-        }
-    };
-    if session_scope != SessionScope::Role && kind != "assume_role" {
-        p.error(
-            scope.clone(),
-            Some("session_scope"),
-            format!(
-                "\"{}\" needs kind = \"assume_role\" (per-caller sessions carry session tags); use session_scope = \"role\"",
-                session_scope.as_str()
-            ),
-        );
-    }
-    Some(WorkloadAccess {
-        service_accounts: patterns,
-        scope: session_scope,
-        session_template: None,
-    })
-}
-
-/// The default session name per scope, when a role sets none.
-pub(super) fn default_session_name(scope: SessionScope) -> Option<&'static str> {
-    match scope {
-        SessionScope::Role => None,
-        SessionScope::ServiceAccount => Some("{namespace}.{service_account}"),
-        SessionScope::Pod => Some("{namespace}.{pod}"),
-    }
-}
-
-/// Placeholders filled per caller.
-const CALLER_PLACEHOLDERS: &[&str] = &["{namespace}", "{service_account}", "{pod}"];
-
-/// Whether a session name template names the caller (rendered per session).
-pub fn has_caller_placeholders(template: &str) -> bool {
-    CALLER_PLACEHOLDERS.iter().any(|c| template.contains(c))
-}
-
-/// Checks a template whose caller parts are filled later: the placeholders the scope
-/// allows, the fixed characters, and room for the hash cut.
-pub(super) fn check_template(template: &str, scope: Option<SessionScope>) -> Result<(), String> {
-    let allowed: &[&str] = match scope {
-        Some(SessionScope::Pod) => CALLER_PLACEHOLDERS,
-        Some(SessionScope::ServiceAccount) => &["{namespace}", "{service_account}"],
-        _ => &[],
-    };
-    for c in CALLER_PLACEHOLDERS {
-        if template.contains(c) && !allowed.contains(c) {
-            return Err(format!(
-                "{template:?} uses {c}, which session_scope = \"{}\" cannot fill (one session serves callers that differ in it)",
-                scope.map_or("none", SessionScope::as_str)
-            ));
-        }
-    }
-    let fixed = CALLER_PLACEHOLDERS
-        .iter()
-        .fold(template.to_string(), |t, c| t.replace(c, ""));
-    if !fixed.chars().all(|c| is_word(c) || "+=,.@-".contains(c)) {
-        return Err(format!(
-            "{template:?}: outside the placeholders {{namespace}} {{service_account}} {{pod}} {{cluster}} {{hostname}}, only letters, digits and +=,.@_- are allowed"
-        ));
-    }
-    if fixed.len() > MAX_SESSION_NAME - HASH_CUT {
-        return Err(format!(
-            "{template:?}: the fixed part is {} characters; at most {} leave room for the caller",
-            fixed.len(),
-            MAX_SESSION_NAME - HASH_CUT
-        ));
-    }
-    Ok(())
-}
-
-/// Fills the caller placeholders. A name longer than STS's 64 characters is cut and ends
-/// in `-` + 8 hex digits of the SHA-256 of the whole name, so callers never share a name.
-pub fn render_session_name(template: &str, who: &WorkloadFacts<'_>) -> String {
-    use sha2::{Digest, Sha256};
-    let full = template
-        .replace("{namespace}", &clean_name_part(who.namespace))
-        .replace("{service_account}", &clean_name_part(who.service_account))
-        .replace("{pod}", &clean_name_part(who.pod_name));
-    if full.len() <= MAX_SESSION_NAME && full.len() >= 2 {
-        return full;
-    }
-    let digest = hex::encode(&Sha256::digest(full.as_bytes())[..4]);
-    let mut cut: String = full.chars().take(MAX_SESSION_NAME - HASH_CUT).collect();
-    if cut.is_empty() {
-        cut.push('k');
-    }
-    format!("{cut}-{digest}")
-}
-
-/// `s` with the characters STS rejects in a session name replaced by `-`.
-fn clean_name_part(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if is_word(c) || "+=,.@-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
-}
-
-/// What needs `[kubernetes]` and every role: `{cluster}` filled, roles with
-/// `service_accounts` need the table, and the tag budget including caller tags.
-pub(super) fn finish_roles(
-    p: &mut Problems,
-    roles: &mut [std::sync::Arc<RoleConfig>],
-    k8s: Option<&KubernetesConfig>,
-    table_present: bool,
-) {
-    let cluster = k8s.and_then(|k| k.cluster_name.as_deref());
-    for role in roles.iter_mut() {
-        let scope = Scope::Role(role.name.clone());
-        let template_uses_cluster = role
-            .spec
-            .workload
-            .as_ref()
-            .and_then(|w| w.session_template.as_deref())
-            .is_some_and(|s| s.contains("{cluster}"));
-        if template_uses_cluster {
-            match cluster {
-                Some(c) => {
-                    let c = clean_name_part(c);
-                    let r = std::sync::Arc::make_mut(role);
-                    if let Some(w) = r.spec.workload.as_mut()
-                        && let Some(t) = w.session_template.take()
-                    {
-                        w.session_template = Some(t.replace("{cluster}", &c));
-                    }
-                }
-                None if !table_present || k8s.is_some() => p.error(
-                    scope.clone(),
-                    Some("session_name"),
-                    "uses {cluster}, but [kubernetes] sets no cluster_name",
-                ),
-                None => {}
-            }
-        }
-        let uses_cluster = role
-            .spec
-            .session_name
-            .as_deref()
-            .is_some_and(|s| s.contains("{cluster}"));
-        if uses_cluster {
-            match cluster {
-                Some(c) => {
-                    let r = std::sync::Arc::make_mut(role);
-                    if let Some(t) = r.spec.session_name.take() {
-                        r.spec.session_name = Some(t.replace("{cluster}", &clean_name_part(c)));
-                    }
-                }
-                None if !table_present || k8s.is_some() => p.error(
-                    scope.clone(),
-                    Some("session_name"),
-                    "uses {cluster}, but [kubernetes] sets no cluster_name",
-                ),
-                None => {}
-            }
-            // Without caller placeholders the name is final now: check it like any other.
-            if let Some(name) = &role.spec.session_name
-                && !has_caller_placeholders(name)
-                && !name.contains("{cluster}")
-                && let Err(why) = super::check_session_name(name)
-            {
-                p.error(scope.clone(), Some("session_name"), why);
-            }
-        }
-        let Some(access) = &role.spec.workload else {
-            continue;
-        };
-        if !table_present {
-            p.error(
-                scope.clone(),
-                Some("service_accounts"),
-                "needs a [kubernetes] table (issuer, audiences, jwks) to verify service-account tokens",
-            );
-            continue;
-        }
-        let caller = access.scope.caller_tag_keys(cluster.is_some());
-        if let RoleKind::AssumeRole {
-            tags,
-            transitive_tag_keys,
-            ..
-        } = &role.spec.kind
-        {
-            for (k, _) in tags {
-                if caller.iter().any(|c| c.eq_ignore_ascii_case(k)) {
-                    p.error(
-                        scope.clone(),
-                        Some("tags"),
-                        format!(
-                            "tag key {k:?} is set by the broker for session_scope = \"{}\" callers",
-                            access.scope.as_str()
-                        ),
-                    );
-                }
-            }
-            if tags.len() + caller.len() > MAX_TAGS {
-                p.error(
-                    scope.clone(),
-                    Some("tags"),
-                    format!(
-                        "{} tags + {} caller tags ({}) exceed STS's {MAX_TAGS}",
-                        tags.len(),
-                        caller.len(),
-                        caller.join(", ")
-                    ),
-                );
-            }
-            if transitive_tag_keys.len() + caller.len() > MAX_TAGS {
-                p.error(
-                    scope,
-                    Some("transitive_tag_keys"),
-                    format!(
-                        "{} keys + {} transitive caller tags exceed STS's {MAX_TAGS}",
-                        transitive_tag_keys.len(),
-                        caller.len()
-                    ),
-                );
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -751,42 +486,5 @@ mod tests {
         ] {
             assert!(parse_pattern(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn templates_per_scope() {
-        assert!(
-            check_template(
-                "{namespace}.{service_account}",
-                Some(SessionScope::ServiceAccount)
-            )
-            .is_ok()
-        );
-        assert!(check_template("{namespace}.{pod}", Some(SessionScope::ServiceAccount)).is_err());
-        assert!(check_template("{namespace}.{pod}", Some(SessionScope::Pod)).is_ok());
-        assert!(check_template("{namespace}", Some(SessionScope::Role)).is_err());
-        assert!(check_template("{namespace}", None).is_err());
-        assert!(check_template("a b {namespace}", Some(SessionScope::Pod)).is_err());
-        let long = format!("{}{{pod}}", "x".repeat(56));
-        assert!(check_template(&long, Some(SessionScope::Pod)).is_err());
-    }
-
-    #[test]
-    fn long_names_get_a_hash_cut_that_keeps_callers_apart() {
-        let who = |pod: &'static str| WorkloadFacts {
-            namespace: "a-rather-long-namespace-name",
-            service_account: "sa",
-            pod_name: pod,
-            pod_uid: "u",
-        };
-        let t = "{namespace}.{pod}";
-        let a = render_session_name(t, &who("payments-api-7d9f8c6b5-xk2p1-with-a-long-suffix-1"));
-        let b = render_session_name(t, &who("payments-api-7d9f8c6b5-xk2p1-with-a-long-suffix-2"));
-        assert_eq!(a.len(), 64);
-        assert_eq!(b.len(), 64);
-        assert_ne!(a, b);
-        assert!(super::super::check_session_name(&a).is_ok(), "{a}");
-        let short = render_session_name(t, &who("p1"));
-        assert_eq!(short, "a-rather-long-namespace-name.p1");
     }
 }

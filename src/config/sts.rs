@@ -1,317 +1,271 @@
-//! `[sts]` endpoints: which URLs the broker calls, in which order, and with which signing
-//! region (DESIGN §8). Pure data and string rules; the health bookkeeping and failover loop
-//! live in `sts::endpoints`.
-//!
-//! Regional endpoints are derived per partition from the region name, by the partition table
-//! of the AWS SDK's endpoint rules: `sts.{region}.{dns suffix}`.
+//! `[sts]`: how to reach STS — region, endpoints and their failover order, timeouts, the
+//! call rate. The endpoint rules per partition are in [`endpoints`].
 
-use std::time::SystemTime;
+pub mod endpoints;
 
-/// One STS endpoint to call: the URL (or `None`: let the SDK resolve the region's default)
-/// and the region that SigV4 signs for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointTarget {
-    pub url: Option<String>,
-    pub region: String,
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::problems::{Problems, Scope};
+use endpoints::{EndpointTarget, endpoint_order};
+
+pub(super) const DEFAULT_STS_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_MAX_CALLS_PER_SECOND: f64 = 10.0;
+/// The adaptive rate's floor: 0.05/s lets 10,000 brokers share a 600 calls/s quota.
+const DEFAULT_MIN_CALLS_PER_SECOND: f64 = 0.05;
+pub(super) const DEFAULT_UNHEALTHY_AFTER: u32 = 3;
+pub(super) const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
+
+/// `[sts]`: how to reach STS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StsConfig {
+    /// `None`: take the region from the AWS config chain.
+    pub region: Option<String>,
+    /// Endpoint override (VPC endpoint, emulator).
+    pub endpoint: Option<String>,
+    /// Bound on one STS call, including connect.
+    pub timeout: Duration,
+    /// Broker-wide rate limit; calls beyond it wait for their slot (bursts are spread).
+    pub max_calls_per_second: f64,
+    /// Regions whose STS endpoints are tried, in order, after the primary fails.
+    pub failover_regions: Vec<String>,
+    /// An explicit endpoint order (instead of `endpoint` + `failover_regions`).
+    pub endpoints: Vec<String>,
+    /// A cold call not answered by then is also sent to the next endpoint.
+    pub hedge_after: Option<Duration>,
+    /// Throttling lowers the call rate (multiplicative), successes raise it back slowly.
+    pub adaptive_rate: bool,
+    /// The floor of the adaptive rate.
+    pub min_calls_per_second: f64,
+    /// Consecutive failures (connect error, timeout, 5xx) after which an endpoint is skipped.
+    pub unhealthy_after: u32,
+    /// How long a skipped endpoint rests before one call probes it again.
+    pub cooldown: Duration,
 }
 
-impl EndpointTarget {
-    /// What logs, metrics and `check` call this endpoint: its URL, or the URL the SDK's
-    /// default resolution gives the region.
-    pub fn label(&self) -> String {
-        match &self.url {
-            Some(u) => u.clone(),
-            None => regional_url(&self.region)
-                .unwrap_or_else(|| format!("sts (region {}, SDK default)", self.region)),
+impl StsConfig {
+    /// The endpoint order for the broker's region (see [`endpoint_order`]).
+    ///
+    /// # Errors
+    /// Failover regions outside the region's partition.
+    pub fn targets(&self, region: &str) -> Result<Vec<EndpointTarget>, Vec<String>> {
+        endpoint_order(
+            region,
+            self.endpoint.as_deref(),
+            &self.endpoints,
+            &self.failover_regions,
+        )
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSts {
+    region: Option<String>,
+    endpoint: Option<String>,
+    timeout: Option<String>,
+    max_calls_per_second: Option<f64>,
+    failover_regions: Option<Vec<String>>,
+    endpoints: Option<Vec<String>>,
+    hedge_after: Option<String>,
+    adaptive_rate: Option<bool>,
+    min_calls_per_second: Option<f64>,
+    unhealthy_after: Option<u32>,
+    cooldown: Option<String>,
+}
+
+/// Builds `[sts]`, checking every URL, region and rate.
+pub(super) fn build_sts(p: &mut Problems, raw: RawSts) -> StsConfig {
+    let scope = Scope::Table("sts");
+    if let Some(r) = &raw.region
+        && (r.is_empty()
+            || !r
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+    {
+        p.error(
+            scope.clone(),
+            Some("region"),
+            format!("{r:?} is not a region name like \"us-east-1\""),
+        );
+    }
+    if let Some(e) = &raw.endpoint
+        && !(e.starts_with("https://") || e.starts_with("http://"))
+    {
+        p.error(
+            scope.clone(),
+            Some("endpoint"),
+            format!("{e:?} must be a URL starting with https:// (or http:// for a local emulator)"),
+        );
+    }
+    let timeout = p
+        .duration(&scope, "timeout", raw.timeout.as_deref())
+        .unwrap_or(DEFAULT_STS_TIMEOUT);
+    if timeout.is_zero() {
+        p.error(scope.clone(), Some("timeout"), "must be greater than zero");
+    }
+    let rate = raw
+        .max_calls_per_second
+        .unwrap_or(DEFAULT_MAX_CALLS_PER_SECOND);
+    if !(rate.is_finite() && rate > 0.0) {
+        p.error(
+            scope.clone(),
+            Some("max_calls_per_second"),
+            format!("{rate} must be a positive number"),
+        );
+    }
+    let failover_regions = raw.failover_regions.unwrap_or_default();
+    let endpoints = raw.endpoints.unwrap_or_default();
+    check_endpoints(
+        p,
+        &scope,
+        raw.endpoint.as_deref(),
+        &endpoints,
+        &failover_regions,
+    );
+    if let Some(region) = &raw.region
+        && endpoints.is_empty()
+        && let Err(problems) = endpoint_order(region, None, &[], &failover_regions)
+    {
+        for why in problems {
+            p.error(scope.clone(), Some("failover_regions"), why);
         }
     }
-}
-
-/// `(partition id, DNS suffix, region prefix)` of the partitions whose STS host names follow
-/// `sts.{region}.{suffix}` (the SDK's partition table; ISO partitions included so an
-/// air-gapped operator gets the right host, not a commercial one).
-const PARTITIONS: &[(&str, &str, &str)] = &[
-    ("aws-cn", "amazonaws.com.cn", "cn-"),
-    ("aws-us-gov", "amazonaws.com", "us-gov-"),
-    ("aws-iso-b", "sc2s.sgov.gov", "us-isob-"),
-    ("aws-iso", "c2s.ic.gov", "us-iso-"),
-];
-
-/// The partition a region belongs to and its DNS suffix; `None` for a name that is not
-/// shaped like a region (`xx-name-N`).
-pub fn partition(region: &str) -> Option<(&'static str, &'static str)> {
-    let parts: Vec<&str> = region.split('-').collect();
-    let shaped = parts.len() >= 3
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        })
-        && parts
-            .last()
-            .is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()));
-    if !shaped {
-        return None;
-    }
-    for (id, suffix, prefix) in PARTITIONS {
-        if region.starts_with(prefix) {
-            return Some((id, suffix));
+    let hedge_after = p.duration(&scope, "hedge_after", raw.hedge_after.as_deref());
+    if let Some(h) = hedge_after {
+        if h.is_zero() || h >= timeout {
+            p.error(
+                scope.clone(),
+                Some("hedge_after"),
+                format!(
+                    "{} must be greater than zero and less than timeout ({})",
+                    humantime::format_duration(h),
+                    humantime::format_duration(timeout)
+                ),
+            );
+        }
+        if endpoints.len() < 2 && failover_regions.is_empty() {
+            p.error(
+                scope.clone(),
+                Some("hedge_after"),
+                "needs a second endpoint to hedge to (failover_regions or endpoints)",
+            );
         }
     }
-    Some(("aws", "amazonaws.com"))
+    let min_rate = raw
+        .min_calls_per_second
+        .unwrap_or(DEFAULT_MIN_CALLS_PER_SECOND.min(rate));
+    if !(min_rate.is_finite() && min_rate > 0.0 && min_rate <= rate) {
+        p.error(
+            scope.clone(),
+            Some("min_calls_per_second"),
+            format!("{min_rate} must be a positive number no greater than max_calls_per_second"),
+        );
+    }
+    let unhealthy_after = raw.unhealthy_after.unwrap_or(DEFAULT_UNHEALTHY_AFTER);
+    if unhealthy_after == 0 {
+        p.error(scope.clone(), Some("unhealthy_after"), "must be at least 1");
+    }
+    let cooldown = p
+        .duration(&scope, "cooldown", raw.cooldown.as_deref())
+        .unwrap_or(DEFAULT_COOLDOWN);
+    if cooldown.is_zero() {
+        p.error(scope, Some("cooldown"), "must be greater than zero");
+    }
+    StsConfig {
+        region: raw.region,
+        endpoint: raw.endpoint,
+        timeout,
+        max_calls_per_second: rate,
+        failover_regions,
+        endpoints,
+        hedge_after,
+        adaptive_rate: raw.adaptive_rate.unwrap_or(true),
+        min_calls_per_second: min_rate,
+        unhealthy_after,
+        cooldown,
+    }
 }
 
-/// `https://sts.{region}.{suffix}` for a region of a known partition.
-pub fn regional_url(region: &str) -> Option<String> {
-    partition(region).map(|(_, suffix)| format!("https://sts.{region}.{suffix}"))
+/// Whether a URL carries `user:password@` (it would reach metric labels and logs).
+fn has_userinfo(url: &str) -> bool {
+    url.split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
 }
 
-/// The region an STS URL names in its host (`sts.R.amazonaws.com`, `sts-fips.R…`,
-/// `sts.R.api.aws`, `vpce-….sts.R.vpce.amazonaws.com`), which is the region to sign for.
-pub fn region_in_url(url: &str) -> Option<String> {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let host = rest.split(['/', ':', '?']).next().unwrap_or("");
-    let labels: Vec<&str> = host.split('.').collect();
-    let at = labels
-        .iter()
-        .position(|l| *l == "sts" || *l == "sts-fips")?;
-    let region = labels.get(at + 1)?;
-    partition(region).map(|_| (*region).to_string())
-}
-
-/// The endpoint order of an `[sts]` table, given the region the broker runs in (the
-/// configured one or the AWS config chain's).
-///
-/// - `endpoints`: that list, in order, each signed for the region its host names (else for
-///   `region`);
-/// - otherwise the primary (`endpoint` if set, else the region's default) followed by the
-///   regional endpoint of each `failover_regions` entry.
-///
-/// # Errors
-/// A failover region in another partition than `region` (the `[source]` credentials are
-/// not valid there), or one whose partition is unknown.
-pub fn endpoint_order(
-    region: &str,
+/// `endpoints` replaces `endpoint` + `failover_regions`; every URL must be http(s) and
+/// appear once.
+fn check_endpoints(
+    p: &mut Problems,
+    scope: &Scope,
     endpoint: Option<&str>,
     endpoints: &[String],
     failover_regions: &[String],
-) -> Result<Vec<EndpointTarget>, Vec<String>> {
+) {
     if !endpoints.is_empty() {
-        return Ok(endpoints
-            .iter()
-            .map(|u| EndpointTarget {
-                url: Some(u.clone()),
-                region: region_in_url(u).unwrap_or_else(|| region.to_string()),
-            })
-            .collect());
+        if endpoint.is_some() {
+            p.error(
+                scope.clone(),
+                Some("endpoints"),
+                "set either `endpoint` (with optional `failover_regions`) or `endpoints`, not both",
+            );
+        }
+        if !failover_regions.is_empty() {
+            p.error(
+                scope.clone(),
+                Some("endpoints"),
+                "set either `failover_regions` or `endpoints`, not both: list the failover \
+                 endpoints in `endpoints` in the order to try them",
+            );
+        }
     }
-    let mut out = vec![EndpointTarget {
-        url: endpoint.map(str::to_string),
-        region: region.to_string(),
-    }];
-    let home = partition(region).map(|(id, _)| id);
-    let mut problems = Vec::new();
+    if endpoint.is_some_and(has_userinfo) {
+        p.error(
+            scope.clone(),
+            Some("endpoint"),
+            "the URL must not contain user:password@",
+        );
+    }
+    let mut seen = HashSet::new();
+    for e in endpoints {
+        if !(e.starts_with("https://") || e.starts_with("http://")) {
+            p.error(
+                scope.clone(),
+                Some("endpoints"),
+                format!(
+                    "{e:?} must be a URL starting with https:// (or http:// for a local emulator)"
+                ),
+            );
+        }
+        if has_userinfo(e) {
+            // The URL is a metric label and a log field: it must not carry a password.
+            p.error(
+                scope.clone(),
+                Some("endpoints"),
+                "an endpoint URL must not contain user:password@",
+            );
+        }
+        if !seen.insert(e.trim_end_matches('/')) {
+            p.error(
+                scope.clone(),
+                Some("endpoints"),
+                format!("{e:?} is listed twice"),
+            );
+        }
+    }
+    let mut seen = HashSet::new();
     for r in failover_regions {
-        match (partition(r), regional_url(r)) {
-            (Some((id, _)), Some(url)) if Some(id) == home || home.is_none() => {
-                out.push(EndpointTarget {
-                    url: Some(url),
-                    region: r.clone(),
-                });
-            }
-            (Some((id, _)), _) => problems.push(format!(
-                "{r:?} is in partition {id}, not in {} like region {region:?}: the [source] \
-                 credentials are not valid there",
-                home.unwrap_or("?")
-            )),
-            _ => problems.push(format!(
-                "{r:?} is not a region name like \"us-east-2\"; list the URL in `endpoints` instead"
-            )),
-        }
-    }
-    if problems.is_empty() {
-        Ok(out)
-    } else {
-        Err(problems)
-    }
-}
-
-/// Parses an RFC 3339 instant (`2026-11-29T12:00:00Z`, fractional seconds and a numeric
-/// offset such as `+02:00` allowed).
-pub fn parse_instant(s: &str) -> Result<SystemTime, String> {
-    let s = s.trim();
-    let bad = || format!("{s:?} is not an RFC 3339 time like \"2026-11-29T12:00:00Z\"");
-    if s.len() < 20 {
-        return Err(bad());
-    }
-    let (base, offset_secs) = if s.ends_with('Z') || s.ends_with('z') {
-        (s[..s.len() - 1].to_string(), 0i64)
-    } else {
-        let tail = &s[s.len() - 6..];
-        let b = tail.as_bytes();
-        if !(b[0] == b'+' || b[0] == b'-') || b[3] != b':' {
-            return Err(bad());
-        }
-        let h: i64 = tail[1..3].parse().map_err(|_| bad())?;
-        let m: i64 = tail[4..6].parse().map_err(|_| bad())?;
-        if h > 23 || m > 59 {
-            return Err(bad());
-        }
-        let sign = if b[0] == b'+' { 1 } else { -1 };
-        (s[..s.len() - 6].to_string(), sign * (h * 3600 + m * 60))
-    };
-    let t = humantime::parse_rfc3339(&format!("{base}Z")).map_err(|_| bad())?;
-    let shift = std::time::Duration::from_secs(offset_secs.unsigned_abs());
-    // 10:00+02:00 is 08:00Z.
-    Ok(if offset_secs >= 0 {
-        t - shift
-    } else {
-        t + shift
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn regional_urls_follow_the_partition() {
-        assert_eq!(
-            regional_url("us-east-2").as_deref(),
-            Some("https://sts.us-east-2.amazonaws.com")
-        );
-        assert_eq!(
-            regional_url("cn-north-1").as_deref(),
-            Some("https://sts.cn-north-1.amazonaws.com.cn")
-        );
-        assert_eq!(
-            regional_url("us-gov-west-1").as_deref(),
-            Some("https://sts.us-gov-west-1.amazonaws.com")
-        );
-        assert_eq!(
-            regional_url("us-iso-east-1").as_deref(),
-            Some("https://sts.us-iso-east-1.c2s.ic.gov")
-        );
-        assert_eq!(
-            regional_url("us-isob-east-1").as_deref(),
-            Some("https://sts.us-isob-east-1.sc2s.sgov.gov")
-        );
-        assert_eq!(partition("us-gov-east-1").unwrap().0, "aws-us-gov");
-        assert_eq!(partition("ap-southeast-7").unwrap().0, "aws");
-        assert_eq!(regional_url("useast1"), None);
-        assert_eq!(regional_url("us-east-x"), None);
-        assert_eq!(regional_url("US-east-1"), None);
-    }
-
-    #[test]
-    fn urls_name_their_signing_region() {
-        let cases = [
-            ("https://sts.eu-west-1.amazonaws.com", Some("eu-west-1")),
-            (
-                "https://sts-fips.us-east-1.amazonaws.com/",
-                Some("us-east-1"),
-            ),
-            (
-                "https://sts.cn-north-1.amazonaws.com.cn",
-                Some("cn-north-1"),
-            ),
-            (
-                "https://vpce-0abc-1234.sts.us-east-1.vpce.amazonaws.com",
-                Some("us-east-1"),
-            ),
-            ("https://sts.us-west-2.api.aws", Some("us-west-2")),
-            ("http://127.0.0.1:4566", None),
-            ("https://sts.amazonaws.com", None),
-        ];
-        for (url, want) in cases {
-            assert_eq!(region_in_url(url).as_deref(), want, "{url}");
-        }
-    }
-
-    #[test]
-    fn order_is_primary_then_failover_regions() {
-        let order = endpoint_order(
-            "us-east-1",
-            None,
-            &[],
-            &["us-east-2".into(), "us-west-2".into()],
-        )
-        .unwrap();
-        let labels: Vec<String> = order.iter().map(EndpointTarget::label).collect();
-        assert_eq!(
-            labels,
-            [
-                "https://sts.us-east-1.amazonaws.com",
-                "https://sts.us-east-2.amazonaws.com",
-                "https://sts.us-west-2.amazonaws.com"
-            ]
-        );
-        assert_eq!(order[0].url, None, "the primary keeps the SDK's resolution");
-        assert_eq!(order[2].region, "us-west-2");
-
-        let with_override = endpoint_order(
-            "us-east-1",
-            Some("https://vpce-1.sts.us-east-1.vpce.amazonaws.com"),
-            &[],
-            &["us-east-2".into()],
-        )
-        .unwrap();
-        assert_eq!(
-            with_override[0].url.as_deref(),
-            Some("https://vpce-1.sts.us-east-1.vpce.amazonaws.com")
-        );
-
-        let cn = endpoint_order("cn-northwest-1", None, &[], &["cn-north-1".into()]).unwrap();
-        assert_eq!(
-            cn[1].url.as_deref(),
-            Some("https://sts.cn-north-1.amazonaws.com.cn")
-        );
-    }
-
-    #[test]
-    fn failover_across_partitions_is_refused_with_every_problem() {
-        let err = endpoint_order(
-            "us-east-1",
-            None,
-            &[],
-            &[
-                "cn-north-1".into(),
-                "nowhere".into(),
-                "us-gov-west-1".into(),
-            ],
-        )
-        .unwrap_err();
-        assert_eq!(err.len(), 3, "{err:?}");
-        assert!(err[0].contains("aws-cn"), "{err:?}");
-        assert!(err[1].contains("not a region name"), "{err:?}");
-        assert!(err[2].contains("aws-us-gov"), "{err:?}");
-    }
-
-    #[test]
-    fn explicit_endpoints_sign_for_their_own_region() {
-        let order = endpoint_order(
-            "us-east-1",
-            None,
-            &[
-                "https://vpce-1.sts.us-east-1.vpce.amazonaws.com".into(),
-                "https://sts.us-east-2.amazonaws.com".into(),
-                "http://10.0.0.1:9000".into(),
-            ],
-            &[],
-        )
-        .unwrap();
-        let regions: Vec<&str> = order.iter().map(|t| t.region.as_str()).collect();
-        assert_eq!(regions, ["us-east-1", "us-east-2", "us-east-1"]);
-    }
-
-    #[test]
-    fn instants_parse_with_offsets() {
-        let z = parse_instant("2026-11-29T12:00:00Z").unwrap();
-        assert_eq!(parse_instant("2026-11-29T14:00:00+02:00").unwrap(), z);
-        assert_eq!(parse_instant("2026-11-29T07:30:00-04:30").unwrap(), z);
-        assert!(parse_instant("2026-11-29T12:00:00.250Z").unwrap() > z);
-        for bad in ["yesterday", "2026-11-29", "2026-11-29T12:00:00+2:00", ""] {
-            assert!(parse_instant(bad).is_err(), "{bad}");
+        if !seen.insert(r.as_str()) {
+            p.error(
+                scope.clone(),
+                Some("failover_regions"),
+                format!("{r:?} is listed twice"),
+            );
         }
     }
 }

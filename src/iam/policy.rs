@@ -370,7 +370,7 @@ struct Inherited {
 
 fn inherited(config: &Config, role: &RoleConfig) -> Inherited {
     let mut out = Inherited::default();
-    for base in source_chain(config, role) {
+    for base in config.ancestors(&role.name) {
         if let RoleKind::AssumeRole {
             transitive_tag_keys,
             source_identity,
@@ -385,24 +385,6 @@ fn inherited(config: &Config, role: &RoleConfig) -> Inherited {
         }
     }
     out
-}
-
-/// The roles `role` is chained from, nearest first: its `source_role`, that role's, and so
-/// on. The one walk of the chain here and in `commands`, until the validated config
-/// resolves it once.
-pub(crate) fn source_chain<'c>(
-    config: &'c Config,
-    role: &RoleConfig,
-) -> impl Iterator<Item = &'c RoleConfig> {
-    let first = role.spec.source_role().and_then(|name| config.role(name));
-    std::iter::successors(first.map(AsRef::as_ref), |base: &&RoleConfig| {
-        base.spec
-            .source_role()
-            .and_then(|name| config.role(name))
-            .map(AsRef::as_ref)
-    })
-    // Validated configs have no cycles; stay finite anyway.
-    .take(config.roles.len())
 }
 
 /// The SAML sign-in endpoint (`SAML:aud`) of a partition.
