@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 
-use sts_broker::cache::{CredentialCache, Fetch, RoleSlot, Served};
+use sts_broker::cache::{CredentialCache, Fetch, RenderedCredentials, RoleSlot};
 use sts_broker::config::{Config, LoadContext};
 use sts_broker::creds::{Credentials, Secret};
 use sts_broker::metrics::Metrics;
@@ -143,7 +143,7 @@ fn bench_render(c: &mut Criterion) {
     let creds = creds();
     c.bench_function("served/render", |b| {
         b.iter(|| {
-            Served::render(
+            RenderedCredentials::render(
                 black_box(&role),
                 black_box(&creds),
                 SystemTime::now(),

@@ -8,7 +8,9 @@
 //!   [`sts::endpoints`], the adaptive call rate in [`sts::rate`]); [`source`]: the broker's
 //!   own credentials;
 //! - [`identity`]: who is calling (service-account JWTs, the socket's owner);
+//! - [`wire`]: the ECS and IMDS credential bodies and timestamps (a leaf);
 //! - [`cache`]: pre-rendered responses per role and caller session, single-flight loads;
+//!   per-role state in [`cache::slot`];
 //! - [`refresh`]: the schedule (refresh ahead, jitter, back-off, rate limit);
 //! - [`server`]: the ECS and admin listeners (read the cache, never STS);
 //! - [`state`]: the snapshot handlers read; [`metrics`], [`signals`], [`commands`],
@@ -37,6 +39,7 @@ pub mod source;
 pub mod state;
 pub mod sts;
 pub mod systemd;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::future::Future;

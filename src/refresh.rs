@@ -95,11 +95,7 @@ pub fn fetcher(
         async move {
             let role = slot.config.name.as_str();
             // The back-off gate: while it is closed, answer with the last error, no STS call.
-            let gated = slot.update_status(|s| match (s.retry_not_before, &s.last_error) {
-                (Some(t), Some(e)) if clock::instant() < t => Some(e.clone()),
-                _ => None,
-            });
-            if let Some(e) = gated {
+            if let Some(e) = slot.backoff_gate() {
                 return Err(e);
             }
             let api = Sts::api_for(&slot.config.spec.kind);
@@ -158,14 +154,7 @@ pub fn fetcher(
             let now = clock::now();
             match &result {
                 Ok(c) => {
-                    slot.update_status(|s| {
-                        s.last_refresh = Some(now);
-                        s.expiration = Some(c.expiration);
-                        s.access_key_id = Some(c.access_key_id.clone());
-                        s.consecutive_failures = 0;
-                        s.last_error = None;
-                        s.retry_not_before = None;
-                    });
+                    slot.record_success(c, now);
                     metrics.set_consecutive_failures(role, 0);
                     tracing::info!(
                         role,
@@ -178,19 +167,10 @@ pub fn fetcher(
                     slot.wake.notify_one();
                 }
                 Err(e) => {
-                    let wait = slot.update_status(|s| {
-                        s.consecutive_failures = s.consecutive_failures.saturating_add(1);
-                        let wait = backoff(
-                            s.consecutive_failures,
-                            e.class,
-                            &config.refresh,
-                            rand::rng().random(),
-                        );
-                        s.last_error = Some(e.clone());
-                        s.retry_not_before = Some(clock::instant() + wait);
-                        metrics.set_consecutive_failures(role, s.consecutive_failures);
-                        wait
+                    let (failures, wait) = slot.record_failure(e, |failures| {
+                        backoff(failures, e.class, &config.refresh, rand::rng().random())
                     });
+                    metrics.set_consecutive_failures(role, failures);
                     tracing::warn!(
                         role,
                         class = %e.class,

@@ -107,7 +107,7 @@ fn rendered_body_is_the_ecs_shape() {
         expiration: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000),
         assumed_arn: None,
     };
-    let served = Served::render(
+    let served = RenderedCredentials::render(
         &role(),
         &c,
         clock::now(),
