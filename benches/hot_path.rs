@@ -158,14 +158,27 @@ fn bench_render(c: &mut Criterion) {
     });
 }
 
+/// Answers every fetch at once with [`creds`]: the bench measures reads, not fetches.
+struct FreshCreds;
+
+impl Fetch for FreshCreds {
+    fn fetch<'a>(
+        &'a self,
+        _cache: &'a Arc<CredentialCache>,
+        _slot: &'a Arc<RoleSlot>,
+    ) -> futures_util::future::BoxFuture<'a, Result<Credentials, sts_broker::creds::FetchError>>
+    {
+        async { Ok(creds()) }.boxed()
+    }
+}
+
 fn bench_cache(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let cfg = parse(1);
-    let fetch: Fetch = Arc::new(|_cache, _slot| async { Ok(creds()) }.boxed());
-    let cache = CredentialCache::new(fetch, Duration::from_secs(900), 100_000);
+    let cache = CredentialCache::new(Arc::new(FreshCreds), Duration::from_secs(900), 100_000);
     let slot = RoleSlot::new(Arc::clone(&cfg.roles[0]), 0, None, Default::default());
     rt.block_on(cache.load(&slot)).expect("fetch succeeds");
     // A warm read completes without yielding: poll it once, no executor in the measurement.

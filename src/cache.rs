@@ -8,9 +8,10 @@
 //!   role share one in-flight fetch (a spawned task behind a shared future): N cold requests
 //!   cause exactly one STS call, the others await the same result — no polling — and a
 //!   client that disconnects does not cancel the fetch the others are waiting on.
-//! - The cache does not know STS: it calls the [`Fetch`] function handed to it by `refresh`.
+//! - The cache does not know STS: it calls the [`Fetch`] implementation handed to it
+//!   (`refresh::Fetcher` in the broker).
 //! - Per-role state ([`RoleSlot`], [`RoleStatus`], the back-off gate) lives in [`slot`]; the
-//!   fetch function writes it, the admin endpoint reads it. The hot path touches neither its lock
+//!   fetcher writes it, the admin endpoint reads it. The hot path touches neither its lock
 //!   nor STS.
 
 use std::fmt;
@@ -128,16 +129,18 @@ pub struct ForcedRefresh {
 /// A role's load in flight, which every concurrent load of the role awaits.
 type InflightLoad = Shared<BoxFuture<'static, Result<Arc<RenderedCredentials>, FetchError>>>;
 
-/// Obtains fresh credentials for a role (STS, rate limit, back-off, status bookkeeping). It
-/// gets the cache so that a chained role can read (or single-flight) its source role's.
-pub type Fetch = Arc<
-    dyn Fn(
-            Arc<CredentialCache>,
-            Arc<RoleSlot>,
-        ) -> BoxFuture<'static, Result<Credentials, FetchError>>
-        + Send
-        + Sync,
->;
+/// Obtains fresh credentials for a role: what the cache calls on a miss, a refresh or a forced
+/// refresh, so that it needs to know nothing of STS. The broker's is `refresh::Fetcher`
+/// (back-off gate, signer, STS call, bookkeeping); tests hand in their own.
+pub trait Fetch: Send + Sync + 'static {
+    /// Fetches `slot`'s credentials. It gets the cache so that a chained role can read (or
+    /// single-flight) its source role's. Called at most once at a time per slot.
+    fn fetch<'a>(
+        &'a self,
+        cache: &'a Arc<CredentialCache>,
+        slot: &'a Arc<RoleSlot>,
+    ) -> BoxFuture<'a, Result<Credentials, FetchError>>;
+}
 
 /// Why a request could not be answered from the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,7 +154,7 @@ pub enum CacheError {
 /// The cache of servable credentials.
 pub struct CredentialCache {
     entries: moka::future::Cache<RoleKey, Arc<RenderedCredentials>>,
-    fetch: Fetch,
+    fetch: Arc<dyn Fetch>,
     min_remaining_ms: AtomicU64,
 }
 
@@ -194,7 +197,11 @@ impl moka::Expiry<RoleKey, Arc<RenderedCredentials>> for ServeUntil {
 
 impl CredentialCache {
     /// `capacity` bounds the number of roles held (one entry per role generation).
-    pub fn new(fetch: Fetch, min_remaining: Duration, capacity: u64) -> Arc<CredentialCache> {
+    pub fn new(
+        fetch: Arc<dyn Fetch>,
+        min_remaining: Duration,
+        capacity: u64,
+    ) -> Arc<CredentialCache> {
         Arc::new(CredentialCache {
             entries: moka::future::Cache::builder()
                 .max_capacity(capacity)
@@ -281,17 +288,15 @@ impl CredentialCache {
         self: Arc<Self>,
         slot: Arc<RoleSlot>,
     ) -> Result<Arc<RenderedCredentials>, FetchError> {
-        let result = (self.fetch)(Arc::clone(&self), Arc::clone(&slot))
-            .await
-            .map(|c| {
-                Arc::new(RenderedCredentials::render(
-                    &slot.config,
-                    &c,
-                    clock::now(),
-                    self.min_remaining(),
-                    slot.uses,
-                ))
-            });
+        let result = self.fetch.fetch(&self, &slot).await.map(|c| {
+            Arc::new(RenderedCredentials::render(
+                &slot.config,
+                &c,
+                clock::now(),
+                self.min_remaining(),
+                slot.uses,
+            ))
+        });
         if let Ok(served) = &result {
             self.entries
                 .insert(slot.key.clone(), Arc::clone(served))
@@ -335,7 +340,7 @@ impl CredentialCache {
         if !in_flight {
             slot.update_status(|s| s.last_forced = Some(clock::now()));
         }
-        // The fetch function's back-off gate answers without calling STS while it is closed.
+        // The fetcher's back-off gate answers without calling STS while it is closed.
         let result = self.load(slot).await;
         if result.is_ok() {
             slot.wake.notify_one();
