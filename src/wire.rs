@@ -204,15 +204,9 @@ mod tests {
             false,
         );
         assert!(bodies.imds.is_none());
-        let v: serde_json::Value = serde_json::from_slice(&bodies.ecs).unwrap();
         assert_eq!(
-            v,
-            serde_json::json!({
-                "AccessKeyId": "ASIAX",
-                "SecretAccessKey": "s3cr3t",
-                "Token": "t0k3n",
-                "Expiration": "2026-11-18T11:06:40Z",
-            })
+            &bodies.ecs[..],
+            b"{\"AccessKeyId\":\"ASIAX\",\"SecretAccessKey\":\"s3cr3t\",\"Token\":\"t0k3n\",\"Expiration\":\"2026-11-18T11:06:40Z\"}"
         );
     }
 }

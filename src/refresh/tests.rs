@@ -210,6 +210,28 @@ impl Fetch for Recorder {
     }
 }
 
+/// Starts `role`'s refresh loop over `cache` (prefetched at once), as the broker does.
+fn spawn_loop(
+    cache: &Arc<CredentialCache>,
+    role: Arc<crate::config::RoleConfig>,
+    config: Arc<ArcSwap<Config>>,
+) -> (
+    Arc<RoleSlot>,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let slot = RoleSlot::new(role, 1, None, SlotUses::default());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(role_loop(
+        Arc::clone(cache),
+        Arc::clone(&slot),
+        config,
+        cancel.clone(),
+        Duration::ZERO,
+    ));
+    (slot, cancel, task)
+}
+
 #[tokio::test(start_paused = true)]
 async fn credentials_are_refreshed_at_the_due_time_and_not_before() {
     let _clock = clock::follow_tokio_time();
@@ -230,16 +252,8 @@ async fn credentials_are_refreshed_at_the_due_time_and_not_before() {
         fetched_at: Mutex::new(Vec::new()),
     });
     let cache = CredentialCache::new(Arc::clone(&sts) as Arc<dyn Fetch>, min_remaining, 100);
-    let slot = RoleSlot::new(role, 1, None, SlotUses::default());
-    let cancel = CancellationToken::new();
     let start = clock::tokio_instant();
-    let task = tokio::spawn(role_loop(
-        Arc::clone(&cache),
-        Arc::clone(&slot),
-        Arc::new(ArcSwap::from_pointee(config)),
-        cancel.clone(),
-        Duration::ZERO,
-    ));
+    let (slot, cancel, task) = spawn_loop(&cache, role, Arc::new(ArcSwap::from_pointee(config)));
     let secs = Duration::from_secs;
     let ms = Duration::from_millis;
     // Prefetched at once; nothing more until 100 s before expiry.
@@ -291,16 +305,8 @@ async fn a_failing_fetch_is_retried_after_the_backoff_and_not_earlier() {
         Arc::clone(&metrics),
     );
     let cache = CredentialCache::new(fetcher, min_remaining, 100);
-    let slot = RoleSlot::new(role, 1, None, SlotUses::default());
-    let cancel = CancellationToken::new();
     let start = clock::instant();
-    let task = tokio::spawn(role_loop(
-        Arc::clone(&cache),
-        Arc::clone(&slot),
-        config,
-        cancel.clone(),
-        Duration::ZERO,
-    ));
+    let (slot, cancel, task) = spawn_loop(&cache, role, config);
     let ms = Duration::from_millis;
     let failures = || slot.status().consecutive_failures;
     let retry_at = || slot.status().retry_not_before.unwrap();
