@@ -9,7 +9,7 @@
 //!   cause exactly one STS call, the others await the same result — no polling — and a
 //!   client that disconnects does not cancel the fetch the others are waiting on.
 //! - The cache does not know STS: it calls the [`Fetch`] implementation handed to it
-//!   (`refresh::Fetcher` in the broker).
+//!   ([`refresh::Fetcher`](crate::refresh::Fetcher) in the broker).
 //! - Per-role state ([`RoleSlot`], [`RoleStatus`], the back-off gate) lives in [`slot`]; the
 //!   fetcher writes it, the admin endpoint reads it. The hot path touches neither its lock
 //!   nor STS.
@@ -130,8 +130,9 @@ pub struct ForcedRefresh {
 type InflightLoad = Shared<BoxFuture<'static, Result<Arc<RenderedCredentials>, FetchError>>>;
 
 /// Obtains fresh credentials for a role: what the cache calls on a miss, a refresh or a forced
-/// refresh, so that it needs to know nothing of STS. The broker's is `refresh::Fetcher`
-/// (back-off gate, signer, STS call, bookkeeping); tests hand in their own.
+/// refresh, so that it needs to know nothing of STS. The broker's is
+/// [`refresh::Fetcher`](crate::refresh::Fetcher) (back-off gate, signer, STS call,
+/// bookkeeping); tests hand in their own.
 pub trait Fetch: Send + Sync + 'static {
     /// Fetches `slot`'s credentials. It gets the cache so that a chained role can read (or
     /// single-flight) its source role's. Called at most once at a time per slot.
