@@ -275,38 +275,60 @@ async fn credentials_are_refreshed_at_the_due_time_and_not_before() {
     task.await.unwrap();
 }
 
+/// A broker's cache and fetcher whose role `irsa` (a web identity role) can never be
+/// fetched: its token file is gone, so every fetch fails in the fetcher's call step before it
+/// reaches STS. `more_roles` is appended to the config.
+struct FailingBroker {
+    config: Arc<ArcSwap<Config>>,
+    cache: Arc<CredentialCache>,
+    _dir: tempfile::TempDir,
+}
+
+impl FailingBroker {
+    async fn start(more_roles: &str) -> FailingBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "a-web-identity-token").unwrap();
+        let config = parse(&format!(
+            "[sts]\nregion = \"us-east-1\"\nendpoint = \"http://127.0.0.1:1\"\n\
+             [refresh]\nbackoff_min = \"10s\"\nbackoff_max = \"40s\"\n\
+             [[role]]\nname = \"irsa\"\nkind = \"web_identity\"\n\
+             arn = \"arn:aws:iam::123456789012:role/irsa\"\nweb_identity_token_file = {token:?}\n\
+             tokens = [\"tok-0123456789abcdef\"]\n{more_roles}"
+        ));
+        std::fs::remove_file(&token).unwrap();
+        let upstream = Upstream {
+            sts: crate::source::build_sts(&config).await.unwrap(),
+            limiter: crate::sts::rate::AdaptiveRate::new(10.0, 10.0, false),
+        };
+        let min_remaining = config.refresh.min_remaining;
+        let config = Arc::new(ArcSwap::from_pointee(config));
+        let fetcher = Fetcher::new(
+            Arc::new(ArcSwap::from_pointee(upstream)),
+            Arc::clone(&config),
+            Arc::new(Metrics::new()),
+        );
+        FailingBroker {
+            cache: CredentialCache::new(fetcher, min_remaining, 100),
+            config,
+            _dir: dir,
+        }
+    }
+
+    fn role(&self, name: &str) -> Arc<crate::config::RoleConfig> {
+        let config = self.config.load();
+        let role = config.roles.iter().find(|r| r.name == name).unwrap();
+        Arc::clone(role)
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failing_fetch_is_retried_after_the_backoff_and_not_earlier() {
     let _clock = clock::follow_tokio_time();
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "a-web-identity-token").unwrap();
-    let config = parse(&format!(
-        "[sts]\nregion = \"us-east-1\"\nendpoint = \"http://127.0.0.1:1\"\n\
-         [refresh]\nbackoff_min = \"10s\"\nbackoff_max = \"40s\"\n\
-         [[role]]\nname = \"irsa\"\nkind = \"web_identity\"\n\
-         arn = \"arn:aws:iam::123456789012:role/irsa\"\nweb_identity_token_file = {token:?}\n\
-         tokens = [\"tok-0123456789abcdef\"]\n"
-    ));
-    // From now on every fetch fails before it reaches STS (the token file is gone), through
-    // the broker's own fetcher: gate, signer, call, record.
-    std::fs::remove_file(&token).unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let upstream = Upstream {
-        sts: crate::source::build_sts(&config).await.unwrap(),
-        limiter: crate::sts::rate::AdaptiveRate::new(10.0, 10.0, false),
-    };
-    let role = Arc::clone(&config.roles[0]);
-    let min_remaining = config.refresh.min_remaining;
-    let config = Arc::new(ArcSwap::from_pointee(config));
-    let fetcher = Fetcher::new(
-        Arc::new(ArcSwap::from_pointee(upstream)),
-        Arc::clone(&config),
-        Arc::clone(&metrics),
-    );
-    let cache = CredentialCache::new(fetcher, min_remaining, 100);
+    let broker = FailingBroker::start("").await;
+    let cache = &broker.cache;
     let start = clock::instant();
-    let (slot, cancel, task) = spawn_loop(&cache, role, config);
+    let (slot, cancel, task) = spawn_loop(cache, broker.role("irsa"), Arc::clone(&broker.config));
     let ms = Duration::from_millis;
     let failures = || slot.status().consecutive_failures;
     let retry_at = || slot.status().retry_not_before.unwrap();
@@ -347,4 +369,48 @@ async fn a_failing_fetch_is_retried_after_the_backoff_and_not_earlier() {
     assert_eq!(failures(), 3);
     cancel.cancel();
     task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn chained_roles_share_one_fetch_of_their_source_role() {
+    let _clock = clock::follow_tokio_time();
+    let chained: String = (0..8)
+        .map(|i| {
+            format!(
+                "[[role]]\nname = \"spoke{i}\"\narn = \"arn:aws:iam::123456789012:role/spoke{i}\"\n\
+                 source_role = \"irsa\"\nduration = \"1h\"\ntokens = [\"tok-spoke{i}-0123456789abcdef\"]\n"
+            )
+        })
+        .collect();
+    let broker = FailingBroker::start(&chained).await;
+    let source = RoleSlot::new(
+        broker.role("irsa"),
+        1,
+        None,
+        SlotUses {
+            imds: false,
+            source: true,
+        },
+    );
+    let spokes: Vec<_> = (0..8)
+        .map(|i| {
+            let role = broker.role(&format!("spoke{i}"));
+            RoleSlot::new(role, 2 + i, Some(Arc::clone(&source)), SlotUses::default())
+        })
+        .collect();
+    // Eight chained roles are asked for at once; each needs its source role's credentials
+    // to sign with (the fetcher's signer step).
+    let results = futures_util::future::join_all(spokes.iter().map(|s| broker.cache.load(s))).await;
+    // The source role was fetched once for all of them …
+    assert_eq!(source.status().consecutive_failures, 1);
+    // … and each chained role failed with its error, named as the source role's.
+    for (spoke, result) in spokes.iter().zip(results) {
+        let e = result.unwrap_err();
+        assert!(
+            e.message.starts_with("source role \"irsa\": ")
+                && e.message.contains("web identity token"),
+            "{e}"
+        );
+        assert_eq!(spoke.status().consecutive_failures, 1);
+    }
 }
