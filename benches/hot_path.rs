@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 
-use sts_broker::cache::{CredentialCache, Fetch, RoleSlot, Served};
+use sts_broker::cache::{CredentialCache, Fetch, RenderedCredentials, RoleSlot};
 use sts_broker::config::{Config, LoadContext};
 use sts_broker::creds::{Credentials, Secret};
 use sts_broker::metrics::Metrics;
@@ -143,7 +143,7 @@ fn bench_render(c: &mut Criterion) {
     let creds = creds();
     c.bench_function("served/render", |b| {
         b.iter(|| {
-            Served::render(
+            RenderedCredentials::render(
                 black_box(&role),
                 black_box(&creds),
                 SystemTime::now(),
@@ -158,14 +158,27 @@ fn bench_render(c: &mut Criterion) {
     });
 }
 
+/// Answers every fetch at once with [`creds`]: the bench measures reads, not fetches.
+struct FreshCreds;
+
+impl Fetch for FreshCreds {
+    fn fetch<'a>(
+        &'a self,
+        _cache: &'a Arc<CredentialCache>,
+        _slot: &'a Arc<RoleSlot>,
+    ) -> futures_util::future::BoxFuture<'a, Result<Credentials, sts_broker::creds::FetchError>>
+    {
+        async { Ok(creds()) }.boxed()
+    }
+}
+
 fn bench_cache(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let cfg = parse(1);
-    let fetch: Fetch = Arc::new(|_cache, _slot| async { Ok(creds()) }.boxed());
-    let cache = CredentialCache::new(fetch, Duration::from_secs(900), 100_000);
+    let cache = CredentialCache::new(Arc::new(FreshCreds), Duration::from_secs(900), 100_000);
     let slot = RoleSlot::new(Arc::clone(&cfg.roles[0]), 0, None, Default::default());
     rt.block_on(cache.load(&slot)).expect("fetch succeeds");
     // A warm read completes without yielding: poll it once, no executor in the measurement.

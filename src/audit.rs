@@ -31,7 +31,7 @@ use std::io::Write as _;
 
 use tokio::sync::mpsc;
 
-use crate::cache::{RoleSlot, Served};
+use crate::cache::{RenderedCredentials, RoleSlot};
 use crate::clock;
 use crate::metrics::Metrics;
 
@@ -61,7 +61,7 @@ pub struct AuditRecord {
     /// The configured role, when the request named one.
     pub slot: Option<Arc<RoleSlot>>,
     /// What was served, on 200.
-    pub served: Option<Arc<Served>>,
+    pub served: Option<Arc<RenderedCredentials>>,
     pub status: u16,
     /// The Kubernetes workload that called (namespace, service account, pod), if any.
     pub workload: Option<Arc<crate::identity::Workload>>,

@@ -8,8 +8,11 @@
 //!   [`sts::endpoints`], the adaptive call rate in [`sts::rate`]); [`source`]: the broker's
 //!   own credentials;
 //! - [`identity`]: who is calling (service-account JWTs, the socket's owner);
+//! - [`wire`]: the ECS and IMDS credential bodies and timestamps (a leaf);
 //! - [`cache`]: pre-rendered responses per role and caller session, single-flight loads;
-//! - [`refresh`]: the schedule (refresh ahead, jitter, back-off, rate limit);
+//!   per-role state in [`cache::slot`];
+//! - [`refresh`]: the schedule (refresh ahead, jitter, back-off, rate limit) and the
+//!   [`refresh::Fetcher`] the cache calls;
 //! - [`server`]: the ECS and admin listeners (read the cache, never STS);
 //! - [`state`]: the snapshot handlers read; [`metrics`], [`signals`], [`commands`],
 //!   [`audit`], [`iam`], [`fdlimit`], [`systemd`], [`logging`];
@@ -37,6 +40,7 @@ pub mod source;
 pub mod state;
 pub mod sts;
 pub mod systemd;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -229,7 +233,7 @@ impl Broker {
         }));
         let min_remaining = config.refresh.min_remaining;
         let config = Arc::new(ArcSwap::from_pointee(config));
-        let fetch = refresh::fetcher(
+        let fetch = refresh::Fetcher::new(
             Arc::clone(&upstream),
             Arc::clone(&config),
             Arc::clone(&metrics),

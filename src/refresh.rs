@@ -2,7 +2,9 @@
 //! every STS call under the broker-wide rate limit.
 //!
 //! The maths are pure functions ([`refresh_due`], [`backoff`]) with the randomness passed
-//! in; [`role_loop`] is the thin loop around them, one task per role.
+//! in; [`role_loop`] is the thin loop around them, one task per role. The [`Fetcher`] is what
+//! the cache calls to obtain a role's credentials (back-off gate, signer, STS call,
+//! bookkeeping).
 //!
 //! Worked example with the defaults (`lead = "40m"`, `jitter = "30s"`, `duration = "1h"`):
 //! credentials issued at 12:00 expire at 13:00 and are refreshed between 12:19:30 and
@@ -13,18 +15,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use futures_util::FutureExt;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{CacheError, CredentialCache, Fetch, RoleSlot};
+use crate::cache::{CredentialCache, RoleSlot};
 use crate::clock;
 use crate::config::{Config, RefreshConfig};
-use crate::creds::{Credentials, ErrorClass, FetchError};
-use crate::metrics::Metrics;
-use crate::source;
-use crate::sts::Sts;
-use crate::sts::rate::AdaptiveRate;
+use crate::creds::ErrorClass;
+
+mod fetcher;
+
+pub use fetcher::{Fetcher, Upstream};
 
 /// When to refresh credentials issued at `issued` that expire at `expiration`.
 ///
@@ -71,187 +72,6 @@ pub fn backoff(failures: u32, class: ErrorClass, cfg: &RefreshConfig, u: f64) ->
         .min(cfg.backoff_max);
     let jittered = step / 2 + (step / 2).mul_f64(u.clamp(0.0, 1.0));
     jittered.clamp(cfg.backoff_min, cfg.backoff_max)
-}
-
-/// What the fetch function needs; swapped whole on reload.
-#[derive(Debug)]
-pub struct Upstream {
-    pub sts: Sts,
-    /// Broker-wide call rate (adaptive under Throttling when configured).
-    pub limiter: AdaptiveRate,
-}
-
-/// Builds the cache's fetch function: back-off gate, rate limit, STS call, checks on what
-/// came back, status bookkeeping, metrics and logs.
-pub fn fetcher(
-    upstream: Arc<ArcSwap<Upstream>>,
-    config: Arc<ArcSwap<Config>>,
-    metrics: Arc<Metrics>,
-) -> Fetch {
-    Arc::new(move |cache: Arc<CredentialCache>, slot: Arc<RoleSlot>| {
-        let upstream = upstream.load_full();
-        let config = config.load_full();
-        let metrics = Arc::clone(&metrics);
-        async move {
-            let role = slot.config.name.as_str();
-            // The back-off gate: while it is closed, answer with the last error, no STS call.
-            let gated = slot.update_status(|s| match (s.retry_not_before, &s.last_error) {
-                (Some(t), Some(e)) if clock::instant() < t => Some(e.clone()),
-                _ => None,
-            });
-            if let Some(e) = gated {
-                return Err(e);
-            }
-            let api = Sts::api_for(&slot.config.spec.kind);
-            let result = async {
-                // Role chaining: the source role's current credentials (single-flight
-                // through the cache when it has none yet) sign this call.
-                let signer = match &slot.base {
-                    Some(base) => {
-                        let wait = config.sts.timeout * 2 + Duration::from_secs(1);
-                        let served = Box::pin(cache.get(base, wait)).await.map_err(|e| match e {
-                            CacheError::Fetch(f) => FetchError::new(
-                                f.class,
-                                f.code,
-                                format!("source role {:?}: {}", base.config.name, f.message),
-                            ),
-                            CacheError::TimedOut => FetchError::new(
-                                ErrorClass::Transient,
-                                None,
-                                format!("source role {:?} did not get credentials in time", base.config.name),
-                            ),
-                        })?;
-                        let creds = served.credentials.clone().ok_or_else(|| {
-                            FetchError::new(
-                                ErrorClass::Transient,
-                                None,
-                                format!(
-                                    "internal: source role {:?} keeps no credentials",
-                                    base.config.name
-                                ),
-                            )
-                        })?;
-                        Some(creds)
-                    }
-                    None => None,
-                };
-                // The SDK call's future is large (~6 KB); boxing it (and the input
-                // gathering) keeps the thousands of fetches that wait for their rate-limit
-                // slot at start-up small.
-                let mut inputs = Box::pin(source::gather_inputs(&slot.config, signer)).await?;
-                // Cold: a client waits for this call, so it may be hedged.
-                inputs.cold = Box::pin(cache.peek(&slot.key))
-                    .await
-                    .is_none_or(|s| !s.servable(clock::now()));
-                upstream.limiter.acquire().await;
-                let started = clock::instant();
-                let sent = clock::tokio_instant();
-                let obtained = Box::pin(upstream.sts.obtain(&slot.config, inputs)).await;
-                adapt_rate(&upstream.limiter, &obtained, sent, &metrics);
-                let result = obtained
-                    .and_then(|c| c.validated(slot.config.spec.duration, clock::now()))
-                    .and_then(|c| check_lifetime(c, config.refresh.min_remaining));
-                metrics.observe_sts_call(role, api, &result, started.elapsed());
-                result
-            }
-            .await;
-            let now = clock::now();
-            match &result {
-                Ok(c) => {
-                    slot.update_status(|s| {
-                        s.last_refresh = Some(now);
-                        s.expiration = Some(c.expiration);
-                        s.access_key_id = Some(c.access_key_id.clone());
-                        s.consecutive_failures = 0;
-                        s.last_error = None;
-                        s.retry_not_before = None;
-                    });
-                    metrics.set_consecutive_failures(role, 0);
-                    tracing::info!(
-                        role,
-                        access_key_id = %c.access_key_id,
-                        expiration = %humantime::format_rfc3339_seconds(c.expiration),
-                        expires_in_s = c.expiration.duration_since(now).unwrap_or_default().as_secs(),
-                        "credentials refreshed"
-                    );
-                    // A lazy role that just got its first credentials starts being kept warm.
-                    slot.wake.notify_one();
-                }
-                Err(e) => {
-                    let wait = slot.update_status(|s| {
-                        s.consecutive_failures = s.consecutive_failures.saturating_add(1);
-                        let wait = backoff(
-                            s.consecutive_failures,
-                            e.class,
-                            &config.refresh,
-                            rand::rng().random(),
-                        );
-                        s.last_error = Some(e.clone());
-                        s.retry_not_before = Some(clock::instant() + wait);
-                        metrics.set_consecutive_failures(role, s.consecutive_failures);
-                        wait
-                    });
-                    tracing::warn!(
-                        role,
-                        class = %e.class,
-                        code = e.code.as_deref().unwrap_or(""),
-                        error = %e.message,
-                        retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                        "refresh failed; serving the last good credentials while they last"
-                    );
-                }
-            }
-            result
-        }
-        .boxed()
-    })
-}
-
-/// Feeds a call's outcome to the adaptive rate: Throttling lowers it, a success lets it
-/// recover; the gauge follows.
-fn adapt_rate(
-    limiter: &AdaptiveRate,
-    result: &Result<Credentials, FetchError>,
-    sent: tokio::time::Instant,
-    metrics: &Metrics,
-) {
-    let changed = match result {
-        Ok(_) => limiter.succeeded(),
-        Err(e) if e.class == ErrorClass::Throttled => {
-            let r = limiter.throttled(sent);
-            if let Some(rate) = r {
-                tracing::warn!(
-                    calls_per_second = rate,
-                    "STS throttles: lowering the broker's call rate"
-                );
-            }
-            r
-        }
-        Err(_) => None,
-    };
-    if let Some(rate) = changed {
-        metrics.set_sts_rate(rate);
-    }
-}
-
-/// Credentials that are already too close to expiry are a failure, not a success.
-fn check_lifetime(c: Credentials, min_remaining: Duration) -> Result<Credentials, FetchError> {
-    let left = c
-        .expiration
-        .duration_since(clock::now())
-        .unwrap_or_default();
-    if left <= min_remaining {
-        return Err(FetchError::new(
-            ErrorClass::Transient,
-            None,
-            format!(
-                "STS issued credentials that expire in {}s, not more than min_remaining ({}s)",
-                left.as_secs(),
-                min_remaining.as_secs()
-            ),
-        ));
-    }
-    Ok(c)
 }
 
 /// Keeps one role's credentials fresh until `cancel` fires.
@@ -311,7 +131,7 @@ pub async fn role_loop(
             () = slot.wake.notified() => continue,
             () = cancel.cancelled() => return,
         }
-        // Failures are recorded (status, back-off gate, log) by the fetch function.
+        // Failures are recorded (status, back-off gate, log) by the fetcher.
         let _ = Box::pin(cache.load(&slot)).await;
     }
 }

@@ -34,6 +34,7 @@ pub type SpawnLoop = Arc<dyn Fn(Arc<RoleSlot>, CancellationToken) + Send + Sync>
 /// A role generation and the caller scope within it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SessionKey {
+    /// The configured role's generation: a reload that changes the role drops its sessions.
     pub role: RoleKey,
     /// `namespace/service_account` or `namespace/service_account/pod-uid`.
     pub scope: Arc<str>,
@@ -42,7 +43,9 @@ pub struct SessionKey {
 /// The caller a session is for.
 #[derive(Debug, Clone)]
 pub struct SessionCaller<'a> {
+    /// Who the verified token says is calling (namespace, service account, pod).
     pub facts: WorkloadFacts<'a>,
+    /// `[kubernetes].cluster_name`, tagged `eks-cluster-name` on the session when set.
     pub cluster: Option<&'a str>,
     /// `namespace/service_account` (scope `service_account`).
     pub service_account_key: &'a Arc<str>,
@@ -72,6 +75,8 @@ impl std::fmt::Debug for CallerSessions {
 }
 
 impl CallerSessions {
+    /// Holds at most `max_sessions`, drops one unused for `idle`; `spawn` starts a new
+    /// session's refresh loop.
     pub fn new(
         idle: Duration,
         max_sessions: u64,
@@ -170,6 +175,7 @@ impl CallerSessions {
         self.sessions.entry_count()
     }
 
+    /// Whether no session is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -13,7 +13,7 @@ pub fn credential_process_json(c: &Credentials) -> String {
         "AccessKeyId": c.access_key_id,
         "SecretAccessKey": c.secret_access_key.expose(),
         "SessionToken": c.session_token.expose(),
-        "Expiration": crate::cache::rfc3339(c.expiration),
+        "Expiration": crate::wire::rfc3339(c.expiration),
     })
     .to_string()
 }

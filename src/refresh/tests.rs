@@ -147,3 +147,270 @@ async fn rate_limiter_spreads_a_burst() {
         assert!(w[1] - w[0] >= Duration::from_millis(100), "{times:?}");
     }
 }
+
+// === The loop and the fetcher on a paused clock ===
+//
+// The wall clock follows tokio's (`clock::follow_tokio_time`), so credential lifetimes,
+// refresh-ahead and back-off all move as simulated time advances, with nothing waited for.
+
+use std::sync::Mutex;
+
+use arc_swap::ArcSwap;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{CacheError, Fetch, SlotUses};
+use crate::config::LoadContext;
+use crate::creds::{Credentials, FetchError, Secret};
+use crate::metrics::Metrics;
+
+fn parse(toml: &str) -> Config {
+    Config::parse(
+        toml,
+        "t.toml",
+        &LoadContext {
+            hostname: "h".into(),
+        },
+    )
+    .unwrap()
+}
+
+/// A fake STS that notes when each fetch happened and issues credentials living `lifetime`.
+struct Recorder {
+    lifetime: Duration,
+    fetched_at: Mutex<Vec<tokio::time::Instant>>,
+}
+
+impl Recorder {
+    /// When each fetch happened, relative to `start`.
+    fn fetched(&self, start: tokio::time::Instant) -> Vec<Duration> {
+        let at = self.fetched_at.lock().unwrap();
+        at.iter().map(|t| *t - start).collect()
+    }
+}
+
+impl Fetch for Recorder {
+    fn fetch<'a>(
+        &'a self,
+        _cache: &'a Arc<CredentialCache>,
+        _slot: &'a Arc<RoleSlot>,
+    ) -> BoxFuture<'a, Result<Credentials, FetchError>> {
+        let mut at = self.fetched_at.lock().unwrap();
+        at.push(clock::tokio_instant());
+        let n = at.len();
+        let creds = Credentials {
+            access_key_id: format!("ASIA{n:016}"),
+            secret_access_key: Secret::new(format!("secret-{n}")),
+            session_token: Secret::new(format!("token-{n}")),
+            expiration: clock::now() + self.lifetime,
+            assumed_arn: None,
+        };
+        async move { Ok(creds) }.boxed()
+    }
+}
+
+/// Starts `role`'s refresh loop over `cache` (prefetched at once), as the broker does.
+fn spawn_loop(
+    cache: &Arc<CredentialCache>,
+    role: Arc<crate::config::RoleConfig>,
+    config: Arc<ArcSwap<Config>>,
+) -> (
+    Arc<RoleSlot>,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let slot = RoleSlot::new(role, 1, None, SlotUses::default());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(role_loop(
+        Arc::clone(cache),
+        Arc::clone(&slot),
+        config,
+        cancel.clone(),
+        Duration::ZERO,
+    ));
+    (slot, cancel, task)
+}
+
+#[tokio::test(start_paused = true)]
+async fn credentials_are_refreshed_at_the_due_time_and_not_before() {
+    let _clock = clock::follow_tokio_time();
+    let mut config = parse(
+        "[sts]\nregion = \"us-east-1\"\n[[role]]\nname = \"app\"\narn = \"arn:aws:iam::123456789012:role/app\"\ntokens = [\"tok-0123456789abcdef\"]\n",
+    );
+    // 200-second credentials, refreshed when 100 s remain (no jitter: an exact schedule).
+    config.refresh = RefreshConfig {
+        lead: Lead::Remaining(Duration::from_secs(100)),
+        min_remaining: Duration::from_secs(30),
+        jitter: Duration::ZERO,
+        ..cfg(Lead::Fraction(0.5))
+    };
+    let role = Arc::clone(&config.roles[0]);
+    let min_remaining = config.refresh.min_remaining;
+    let sts = Arc::new(Recorder {
+        lifetime: Duration::from_secs(200),
+        fetched_at: Mutex::new(Vec::new()),
+    });
+    let cache = CredentialCache::new(Arc::clone(&sts) as Arc<dyn Fetch>, min_remaining, 100);
+    let start = clock::tokio_instant();
+    let (slot, cancel, task) = spawn_loop(&cache, role, Arc::new(ArcSwap::from_pointee(config)));
+    let secs = Duration::from_secs;
+    let ms = Duration::from_millis;
+    // Prefetched at once; nothing more until 100 s before expiry.
+    tokio::time::sleep_until(start + secs(100) - ms(1)).await;
+    assert_eq!(sts.fetched(start), [secs(0)]);
+    let first = cache.peek(&slot.key).await.unwrap();
+    tokio::time::sleep_until(start + secs(100) + ms(1)).await;
+    assert_eq!(sts.fetched(start), [secs(0), secs(100)]);
+    let second = cache.peek(&slot.key).await.unwrap();
+    assert_ne!(second.access_key_id, first.access_key_id);
+    assert_eq!(second.expiration, first.expiration + secs(100));
+    // And so on, every 100 s, each time from the credentials just obtained.
+    tokio::time::sleep_until(start + secs(350)).await;
+    assert_eq!(
+        sts.fetched(start),
+        [secs(0), secs(100), secs(200), secs(300)]
+    );
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+/// A broker's cache and fetcher whose role `irsa` (a web identity role) can never be
+/// fetched: its token file is gone, so every fetch fails in the fetcher's call step before it
+/// reaches STS. `more_roles` is appended to the config.
+struct FailingBroker {
+    config: Arc<ArcSwap<Config>>,
+    cache: Arc<CredentialCache>,
+    _dir: tempfile::TempDir,
+}
+
+impl FailingBroker {
+    async fn start(more_roles: &str) -> FailingBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "a-web-identity-token").unwrap();
+        let config = parse(&format!(
+            "[sts]\nregion = \"us-east-1\"\nendpoint = \"http://127.0.0.1:1\"\n\
+             [refresh]\nbackoff_min = \"10s\"\nbackoff_max = \"40s\"\n\
+             [[role]]\nname = \"irsa\"\nkind = \"web_identity\"\n\
+             arn = \"arn:aws:iam::123456789012:role/irsa\"\nweb_identity_token_file = {token:?}\n\
+             tokens = [\"tok-0123456789abcdef\"]\n{more_roles}"
+        ));
+        std::fs::remove_file(&token).unwrap();
+        let upstream = Upstream {
+            sts: crate::source::build_sts(&config).await.unwrap(),
+            limiter: crate::sts::rate::AdaptiveRate::new(10.0, 10.0, false),
+        };
+        let min_remaining = config.refresh.min_remaining;
+        let config = Arc::new(ArcSwap::from_pointee(config));
+        let fetcher = Fetcher::new(
+            Arc::new(ArcSwap::from_pointee(upstream)),
+            Arc::clone(&config),
+            Arc::new(Metrics::new()),
+        );
+        FailingBroker {
+            cache: CredentialCache::new(fetcher, min_remaining, 100),
+            config,
+            _dir: dir,
+        }
+    }
+
+    fn role(&self, name: &str) -> Arc<crate::config::RoleConfig> {
+        let config = self.config.load();
+        let role = config.roles.iter().find(|r| r.name == name).unwrap();
+        Arc::clone(role)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_fetch_is_retried_after_the_backoff_and_not_earlier() {
+    let _clock = clock::follow_tokio_time();
+    let broker = FailingBroker::start("").await;
+    let cache = &broker.cache;
+    let start = clock::instant();
+    let (slot, cancel, task) = spawn_loop(cache, broker.role("irsa"), Arc::clone(&broker.config));
+    let ms = Duration::from_millis;
+    let failures = || slot.status().consecutive_failures;
+    let retry_at = || slot.status().retry_not_before.unwrap();
+
+    // The prefetch fails at once and closes the gate for backoff_min.
+    tokio::time::sleep(ms(1)).await;
+    assert_eq!(failures(), 1);
+    let first_retry = retry_at();
+    assert_eq!(first_retry - start, Duration::from_secs(10));
+    let error = slot.status().last_error.unwrap();
+    assert!(error.message.contains("web identity token"), "{error}");
+
+    // Not retried a millisecond early; retried when the gate opens.
+    tokio::time::sleep_until((first_retry - ms(1)).into()).await;
+    assert_eq!(failures(), 1);
+    tokio::time::sleep_until((first_retry + ms(1)).into()).await;
+    assert_eq!(failures(), 2);
+    // The second failure backs off longer: between half and all of 20 s, never below 10 s.
+    let second_retry = retry_at();
+    let wait = second_retry - first_retry;
+    assert!(
+        (Duration::from_secs(10)..=Duration::from_secs(20)).contains(&wait),
+        "{wait:?}"
+    );
+
+    // While the gate is closed, requests and forced refreshes get the last error and cause
+    // no attempt.
+    match cache.get(&slot, Duration::from_secs(1)).await {
+        Err(CacheError::Fetch(e)) => assert_eq!(e, slot.status().last_error.unwrap()),
+        other => panic!("expected the last error, got {other:?}"),
+    }
+    assert!(cache.force_refresh(&slot).await.is_err());
+    assert_eq!(failures(), 2);
+
+    tokio::time::sleep_until((second_retry - ms(1)).into()).await;
+    assert_eq!(failures(), 2);
+    tokio::time::sleep_until((second_retry + ms(1)).into()).await;
+    assert_eq!(failures(), 3);
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn chained_roles_share_one_fetch_of_their_source_role() {
+    let _clock = clock::follow_tokio_time();
+    let chained: String = (0..8)
+        .map(|i| {
+            format!(
+                "[[role]]\nname = \"spoke{i}\"\narn = \"arn:aws:iam::123456789012:role/spoke{i}\"\n\
+                 source_role = \"irsa\"\nduration = \"1h\"\ntokens = [\"tok-spoke{i}-0123456789abcdef\"]\n"
+            )
+        })
+        .collect();
+    let broker = FailingBroker::start(&chained).await;
+    let source = RoleSlot::new(
+        broker.role("irsa"),
+        1,
+        None,
+        SlotUses {
+            imds: false,
+            source: true,
+        },
+    );
+    let spokes: Vec<_> = (0..8)
+        .map(|i| {
+            let role = broker.role(&format!("spoke{i}"));
+            RoleSlot::new(role, 2 + i, Some(Arc::clone(&source)), SlotUses::default())
+        })
+        .collect();
+    // Eight chained roles are asked for at once; each needs its source role's credentials
+    // to sign with (the fetcher's signer step).
+    let results = futures_util::future::join_all(spokes.iter().map(|s| broker.cache.load(s))).await;
+    // The source role was fetched once for all of them …
+    assert_eq!(source.status().consecutive_failures, 1);
+    // … and each chained role failed with its error, named as the source role's.
+    for (spoke, result) in spokes.iter().zip(results) {
+        let e = result.unwrap_err();
+        assert!(
+            e.message.starts_with("source role \"irsa\": ")
+                && e.message.contains("web identity token"),
+            "{e}"
+        );
+        assert_eq!(spoke.status().consecutive_failures, 1);
+    }
+}

@@ -32,11 +32,12 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::cache::{CredentialCache, RoleSlot, rfc3339};
+use crate::cache::{CredentialCache, RoleSlot};
 use crate::clock;
 use crate::metrics::Metrics;
 use crate::server::http::{self, Body};
 use crate::state::Snapshot;
+use crate::wire::rfc3339;
 
 const ENDPOINT: &str = "admin";
 

@@ -38,7 +38,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::audit::{AuditLog, AuditRecord};
 use crate::cache::session::{CallerSessions, SessionCaller};
-use crate::cache::{CacheError, CredentialCache, RoleSlot, Served};
+use crate::cache::{CacheError, CredentialCache, RenderedCredentials, RoleSlot};
 use crate::clock;
 use crate::config::kubernetes::WorkloadFacts;
 use crate::config::relative_uri;
@@ -71,7 +71,7 @@ struct Outcome {
     resp: Response<Body>,
     /// The configured role the request named (only once the token is known).
     slot: Option<Arc<RoleSlot>>,
-    served: Option<Arc<Served>>,
+    served: Option<Arc<RenderedCredentials>>,
     /// Set once the request reached the credentials route with a token.
     fingerprint: Option<[u8; 8]>,
     /// Whether this was a credentials request at all (audited) or a stray path.

@@ -35,7 +35,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use subtle::ConstantTimeEq;
 
 use crate::audit::{AuditLog, AuditRecord};
-use crate::cache::{CredentialCache, RoleSlot, Served, rfc3339};
+use crate::cache::{CredentialCache, RenderedCredentials, RoleSlot};
 use crate::clock;
 use crate::config::ImdsConfig;
 use crate::identity::socket_owner::Local;
@@ -43,6 +43,7 @@ use crate::identity::{SocketOwner, Unattributed};
 use crate::metrics::Metrics;
 use crate::server::http::{self, Body};
 use crate::state::Snapshot;
+use crate::wire::rfc3339;
 
 const ENDPOINT: &str = "imds";
 /// The request header carrying the requested token TTL, and the response header granting it.
@@ -202,7 +203,7 @@ enum Counted {
     Role,
     Credentials {
         slot: Arc<RoleSlot>,
-        served: Option<Arc<Served>>,
+        served: Option<Arc<RenderedCredentials>>,
     },
 }
 
@@ -300,7 +301,7 @@ async fn answer(
     let Some(slot) = snap.roles.get(role) else {
         return (text(StatusCode::NOT_FOUND, "not found"), Counted::Anonymous);
     };
-    let audited = |served: Option<Arc<Served>>| Counted::Credentials {
+    let audited = |served: Option<Arc<RenderedCredentials>>| Counted::Credentials {
         slot: Arc::clone(slot),
         served,
     };
@@ -356,7 +357,7 @@ fn issue_token(ctx: &ImdsContext, imds: &ImdsConfig, req: &Request<Incoming>) ->
     resp
 }
 
-fn credentials(served: &Served, extended: bool) -> Response<Body> {
+fn credentials(served: &RenderedCredentials, extended: bool) -> Response<Body> {
     let Some((plain, with_account)) = &served.imds_bodies else {
         // Rendered before this role became the IMDS role; the next refresh renders them.
         return text(
