@@ -32,9 +32,7 @@ use crate::creds::FetchError;
 use crate::server::Endpoint;
 use crate::server::handler::{Handler, ListenerContext, Outcome, RequestContext};
 use crate::server::http::{self, Body};
-use crate::server::response::{
-    JsonError, Refused, error_response, json_response, with_content_type,
-};
+use crate::server::response::{JsonError, Refused, json_response, with_content_type};
 use crate::state::Snapshot;
 
 /// The admin listener's handler.
@@ -115,11 +113,10 @@ impl JsonError for AdminError<'_> {
         }
     }
 
-    fn response(&self) -> Response<Body> {
+    fn header(&self) -> Option<(hyper::header::HeaderName, &'static str)> {
         match self {
-            // Keeps the `Allow` header of a 405.
-            AdminError::Refused(r) => r.response(),
-            other => error_response(other.status(), other.code(), &other.to_string()),
+            AdminError::Refused(r) => r.header(),
+            _ => None,
         }
     }
 }

@@ -159,15 +159,10 @@ impl JsonError for EcsError<'_> {
         }
     }
 
-    fn response(&self) -> hyper::Response<http::Body> {
+    fn header(&self) -> Option<(hyper::header::HeaderName, &'static str)> {
         match self {
-            // Keeps the headers some shared refusals carry (`Allow`).
-            EcsError::Refused(r) => r.response(),
-            other => crate::server::response::error_response(
-                other.status(),
-                other.code(),
-                &other.to_string(),
-            ),
+            EcsError::Refused(r) => r.header(),
+            _ => None,
         }
     }
 }

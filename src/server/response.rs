@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 
 /// The body type of every response.
@@ -52,9 +52,18 @@ pub trait JsonError: std::fmt::Display {
     fn status(&self) -> StatusCode;
     /// The `Code` of the body (`AccessDenied`, `NotFound`, ...).
     fn code(&self) -> &'static str;
+    /// A header the status calls for (`Allow` with a 405, `Retry-After` with a 429).
+    fn header(&self) -> Option<(HeaderName, &'static str)> {
+        None
+    }
     /// The whole response.
     fn response(&self) -> Response<Body> {
-        error_response(self.status(), self.code(), &self.to_string())
+        let mut resp = error_response(self.status(), self.code(), &self.to_string());
+        if let Some((name, value)) = self.header() {
+            resp.headers_mut()
+                .insert(name, HeaderValue::from_static(value));
+        }
+        resp
     }
 }
 
@@ -107,20 +116,12 @@ impl JsonError for Refused {
         }
     }
 
-    fn response(&self) -> Response<Body> {
-        let mut resp = error_response(self.status(), self.code(), &self.to_string());
+    fn header(&self) -> Option<(HeaderName, &'static str)> {
         match self {
-            Refused::MethodNotAllowed(allow) => {
-                resp.headers_mut()
-                    .insert(ALLOW, HeaderValue::from_static(allow));
-            }
-            Refused::TooManyRequests => {
-                resp.headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            _ => {}
+            Refused::MethodNotAllowed(allow) => Some((ALLOW, allow)),
+            Refused::TooManyRequests => Some((RETRY_AFTER, "1")),
+            _ => None,
         }
-        resp
     }
 }
 
