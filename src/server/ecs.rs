@@ -27,11 +27,9 @@
 //! nothing about which roles exist. Errors are `{"Code","Message"}` JSON. A request for a
 //! role with nothing cached waits for the one in-flight fetch, bounded by `[sts].timeout`.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use hyper::header::AUTHORIZATION;
 use hyper::{Method, StatusCode};
+use std::sync::Arc;
 
 use crate::cache::session::SessionCaller;
 use crate::cache::{CacheError, RoleSlot, Served};
@@ -195,11 +193,6 @@ fn fingerprint(digest: &[u8; 32]) -> [u8; 8] {
     digest[..8].try_into().expect("8 of 32 bytes")
 }
 
-/// How long a request waits for a role with nothing cached: the STS timeout and a second.
-fn wait_bound(snapshot: &Snapshot) -> Duration {
-    snapshot.config.sts.timeout + Duration::from_secs(1)
-}
-
 impl Ecs {
     /// The credentials a request may have, recording in `out` what it showed on the way.
     async fn credentials<'a>(
@@ -233,7 +226,7 @@ impl Ecs {
         out.audited = true;
         let Some(token) = req.headers().get(AUTHORIZATION) else {
             let slot = local_caller(snapshot, name, rc.owner, out)?;
-            return self.serve(snapshot, slot, slot).await;
+            return self.serve(rc, slot, slot).await;
         };
         // A token decides; the owner is recorded when the kernel was already asked.
         out.caller.uid = rc.owner.and_then(SocketOwner::known_uid);
@@ -250,7 +243,7 @@ impl Ecs {
                 .await
                 .map_err(EcsError::TokenRefused)?;
             out.caller.workload = Some(Arc::clone(&workload));
-            return self.workload(snapshot, name, &workload, out).await;
+            return self.workload(rc, name, &workload, out).await;
         }
         // Role-less with a static token: the one role it may fetch.
         let name: &str = match name {
@@ -273,20 +266,20 @@ impl Ecs {
         if access == Access::WrongRole {
             return Err(EcsError::TokenNotAllowed(name));
         }
-        self.serve(snapshot, slot, slot).await
+        self.serve(rc, slot, slot).await
     }
 
     /// Reads the cache for an allowed request: `session` (the role's slot, or a caller's
     /// session of it), reported as `role` when it cannot be served.
     async fn serve<'a>(
         &self,
-        snapshot: &Snapshot,
+        rc: &RequestContext<'_>,
         role: &'a RoleSlot,
         session: &Arc<RoleSlot>,
     ) -> Result<Arc<Served>, EcsError<'a>> {
         self.context
             .cache
-            .get(session, wait_bound(snapshot))
+            .get(session, rc.cache_wait())
             .await
             .map_err(|why| EcsError::Unavailable {
                 role: &role.config.name,
@@ -321,7 +314,7 @@ impl Ecs {
         out.audited = true;
         out.caller.token_fingerprint = Some(fingerprint(&digest));
         out.role = Some(Arc::clone(slot));
-        self.serve(snapshot, slot, slot).await
+        self.serve(rc, slot, slot).await
     }
 
     /// The rest of a request whose token is a verified service-account token: pick the role
@@ -329,11 +322,12 @@ impl Ecs {
     /// serve the caller's session.
     async fn workload<'a>(
         &self,
-        snapshot: &'a Snapshot,
+        rc: &RequestContext<'a>,
         name: Option<&'a str>,
         workload: &Workload,
         out: &mut Outcome,
     ) -> Result<Arc<Served>, EcsError<'a>> {
+        let snapshot = rc.snapshot;
         let account = || Arc::clone(&workload.service_account_key);
         let slot = match name {
             Some(name) => {
@@ -388,7 +382,7 @@ impl Ecs {
             .sessions
             .slot_for(slot, &caller, &self.context.metrics);
         out.role = Some(Arc::clone(&session));
-        self.serve(snapshot, slot, &session).await
+        self.serve(rc, slot, &session).await
     }
 }
 

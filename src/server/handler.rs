@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
@@ -58,6 +58,14 @@ pub struct RequestContext<'a> {
     pub snapshot: &'a Snapshot,
     /// The client socket's owner, on listeners that may attribute callers to it.
     pub owner: Option<&'a SocketOwner>,
+}
+
+impl RequestContext<'_> {
+    /// How long the request waits for a role with nothing cached: the STS timeout and a
+    /// second, so the fetch's own timeout answers first.
+    pub fn cache_wait(&self) -> Duration {
+        self.snapshot.config.sts.timeout + Duration::from_secs(1)
+    }
 }
 
 /// One listener's protocol: answers a request and says what to record about it.

@@ -22,7 +22,7 @@
 //! tokens, and SDKs answer the 401 by fetching a new one.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use hmac::{KeyInit, Mac};
 use hyper::header::HeaderValue;
@@ -314,8 +314,7 @@ impl Imds {
         let slot = slot.ok_or(ImdsError::NotFound)?;
         out.role = Some(Arc::clone(slot));
         out.audited = true;
-        let wait = snapshot.config.sts.timeout + Duration::from_secs(1);
-        match self.context.cache.get(slot, wait).await {
+        match self.context.cache.get(slot, rc.cache_wait()).await {
             Ok(s) if s.remaining(now) >= imds.min_remaining => Ok(Answer::Credentials(s, extended)),
             Ok(_) => Err(ImdsError::BelowMinRemaining),
             Err(e) => Err(ImdsError::Unavailable(e)),
