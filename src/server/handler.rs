@@ -140,53 +140,64 @@ pub async fn handle<H: Handler>(
             owner: owner.as_deref(),
         })
         .await;
-    finish(H::ENDPOINT, context, &request, peer, started, outcome)
+    let recorders = Recorders {
+        metrics: &context.metrics,
+        audit: context.audit.as_ref(),
+    };
+    recorders.finish(H::ENDPOINT, &request, peer, started, outcome)
 }
 
-/// The finishing step: metrics, audit record, refusal log; returns the response.
-fn finish(
-    endpoint: Endpoint,
-    context: &ListenerContext,
-    request: &Request<Incoming>,
-    peer: SocketAddr,
-    started: Instant,
-    outcome: Outcome,
-) -> Response<Body> {
-    let status = outcome.response.status().as_u16();
-    let role = outcome
-        .role
-        .as_ref()
-        .map_or("", |slot| slot.config.name.as_str());
-    context
-        .metrics
-        .observe_request(endpoint, role, status, started.elapsed());
-    if status >= 400 && endpoint != Endpoint::Admin {
-        log_refusal(endpoint, request, peer, role, status, &outcome.caller);
+/// Where the finishing step writes.
+struct Recorders<'a> {
+    metrics: &'a Metrics,
+    audit: Option<&'a AuditLog>,
+}
+
+impl Recorders<'_> {
+    /// The finishing step: metrics, audit record, refusal log; returns the response.
+    fn finish<B>(
+        &self,
+        endpoint: Endpoint,
+        request: &Request<B>,
+        peer: SocketAddr,
+        started: Instant,
+        outcome: Outcome,
+    ) -> Response<Body> {
+        let status = outcome.response.status().as_u16();
+        let role = outcome
+            .role
+            .as_ref()
+            .map_or("", |slot| slot.config.name.as_str());
+        self.metrics
+            .observe_request(endpoint, role, status, started.elapsed());
+        if status >= 400 && endpoint != Endpoint::Admin {
+            log_refusal(endpoint, request, peer, role, status, &outcome.caller);
+        }
+        if let Some(audit) = self.audit
+            && outcome.audited
+        {
+            audit.record(AuditRecord {
+                time: clock::now(),
+                endpoint,
+                peer,
+                token_fingerprint: outcome.caller.token_fingerprint,
+                uid: outcome.caller.uid,
+                user: outcome.caller.user,
+                role: outcome.role,
+                credentials: outcome.credentials,
+                status,
+                workload: outcome.caller.workload,
+            });
+        }
+        outcome.response
     }
-    if let Some(audit) = &context.audit
-        && outcome.audited
-    {
-        audit.record(AuditRecord {
-            time: clock::now(),
-            endpoint,
-            peer,
-            token_fingerprint: outcome.caller.token_fingerprint,
-            uid: outcome.caller.uid,
-            user: outcome.caller.user,
-            role: outcome.role,
-            credentials: outcome.credentials,
-            status,
-            workload: outcome.caller.workload,
-        });
-    }
-    outcome.response
 }
 
 /// Says at `debug` why a request was refused and who asked. A Kubernetes caller is named by
 /// its workload, anyone else by path and socket owner.
-fn log_refusal(
+fn log_refusal<B>(
     endpoint: Endpoint,
-    request: &Request<Incoming>,
+    request: &Request<B>,
     peer: SocketAddr,
     role: &str,
     status: u16,
@@ -223,7 +234,115 @@ fn loggable_path(path: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::loggable_path;
+    use super::*;
+    use crate::cache::SlotUses;
+    use crate::config::{Config, LoadContext};
+    use hyper::StatusCode;
+
+    fn app_role() -> Arc<RoleSlot> {
+        let config = Config::parse(
+            "[sts]\nregion = \"us-east-1\"\n[[role]]\nname = \"app\"\narn = \"arn:aws:iam::123456789012:role/app\"\ntokens = [\"tok-0123456789abcdef\"]\n",
+            "t.toml",
+            &LoadContext { hostname: "h".into() },
+        )
+        .unwrap();
+        RoleSlot::new(Arc::clone(&config.roles[0]), 1, None, SlotUses::default())
+    }
+
+    fn outcome(status: StatusCode, role: Option<Arc<RoleSlot>>, audited: bool) -> Outcome {
+        let mut response = Response::<Body>::default();
+        *response.status_mut() = status;
+        Outcome {
+            response,
+            role,
+            caller: Caller {
+                token_fingerprint: Some([0x9f, 0x86, 0xd0, 0x81, 0x88, 0x4c, 0x7d, 0x65]),
+                uid: Some(2001),
+                ..Caller::default()
+            },
+            audited,
+            credentials: None,
+        }
+    }
+
+    /// The one finishing step counts every listener the same way and audits only what its
+    /// handler marked, with the fields the trail documents.
+    #[tokio::test]
+    async fn the_finishing_step_counts_and_audits_every_listener_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let metrics = Arc::new(Metrics::new());
+        let audit = AuditLog::open(&path, Arc::clone(&metrics)).await.unwrap();
+        let recorders = Recorders {
+            metrics: &metrics,
+            audit: Some(&audit),
+        };
+        let request = Request::builder()
+            .uri("/v2/credentials/secret-path-id")
+            .body(())
+            .unwrap();
+        let peer: SocketAddr = "127.0.0.1:40312".parse().unwrap();
+        let started = clock::instant();
+        let cases = [
+            (Endpoint::Ecs, StatusCode::OK, Some(app_role()), true),
+            (Endpoint::Imds, StatusCode::NOT_FOUND, None, false),
+            (
+                Endpoint::Imds,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(app_role()),
+                true,
+            ),
+            (Endpoint::Admin, StatusCode::OK, None, false),
+        ];
+        for (endpoint, status, role, audited) in cases {
+            let resp = recorders.finish(
+                endpoint,
+                &request,
+                peer,
+                started,
+                outcome(status, role, audited),
+            );
+            assert_eq!(resp.status(), status, "the response is the handler's");
+        }
+        audit.close().await;
+
+        let text = String::from_utf8(metrics.render()).unwrap();
+        for series in [
+            "sts_broker_requests_total{endpoint=\"ecs\",role=\"app\",status=\"200\"} 1",
+            "sts_broker_requests_total{endpoint=\"imds\",role=\"\",status=\"404\"} 1",
+            "sts_broker_requests_total{endpoint=\"imds\",role=\"app\",status=\"503\"} 1",
+            "sts_broker_requests_total{endpoint=\"admin\",role=\"\",status=\"200\"} 1",
+            "sts_broker_request_duration_seconds_count{endpoint=\"imds\"} 2",
+            "sts_broker_audit_records_total{outcome=\"written\"} 2",
+        ] {
+            assert!(text.contains(series), "{series} missing from\n{text}");
+        }
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(
+            (
+                &lines[0]["endpoint"],
+                &lines[0]["role"],
+                &lines[0]["status"]
+            ),
+            (&"ecs".into(), &"app".into(), &200.into())
+        );
+        assert_eq!(lines[0]["token_fingerprint"], "9f86d081884c7d65");
+        assert_eq!(lines[0]["uid"], 2001);
+        assert_eq!(lines[0]["peer"], "127.0.0.1:40312");
+        assert_eq!(
+            (
+                &lines[1]["endpoint"],
+                &lines[1]["status"],
+                &lines[1]["access_key_id"]
+            ),
+            (&"imds".into(), &503.into(), &serde_json::Value::Null)
+        );
+    }
 
     #[test]
     fn relative_uri_paths_never_reach_the_log() {
