@@ -312,7 +312,7 @@ impl Broker {
             sessions: Arc::clone(&broker.sessions),
         };
         let mut ecs_limits = ecs_limits;
-        ecs_limits.owners = attribution(&broker.state);
+        ecs_limits.attribution = attribution(&broker.state);
         let ecs = Arc::new(ecs::Ecs::new(context.clone()));
         for l in ecs_listeners {
             broker.spawn_listener(l, ecs_limits.clone(), Arc::clone(&ecs));
@@ -322,7 +322,7 @@ impl Broker {
             let mut limits = imds_limits
                 .clone()
                 .expect("IMDS listeners only with [imds]");
-            limits.owners = attribution(&broker.state);
+            limits.attribution = attribution(&broker.state);
             broker.spawn_listener(l, limits, Arc::clone(&imds));
         }
         let admin = Arc::new(admin::Admin::new(context));
@@ -732,7 +732,7 @@ fn limits(
             .map(|rate| Arc::new(http::PeerLimiter::new(rate))),
         hop_limit,
         allowed_sources: l.allowed_sources.clone().into(),
-        owners: None,
+        attribution: None,
     }
 }
 
@@ -740,9 +740,9 @@ fn limits(
 /// accept while some role has `local_users`.
 fn attribution(state: &Arc<ArcSwap<Snapshot>>) -> Option<http::Attribution> {
     let state = Arc::clone(state);
-    Some(http::Attribution(Arc::new(move || {
-        !state.load().local.is_empty()
-    })))
+    Some(http::Attribution {
+        ask_at_accept: Arc::new(move || !state.load().local.is_empty()),
+    })
 }
 
 fn local_addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {

@@ -79,14 +79,18 @@ pub struct Limits {
     pub allowed_sources: Arc<[ipnet::IpNet]>,
     /// `Some` on listeners whose callers may be attributed to their socket's owner (ECS and
     /// IMDS): each request carries its connection's [`SocketOwner`] as an extension.
-    pub owners: Option<Attribution>,
+    pub attribution: Option<Attribution>,
 }
 
-/// Whether to ask the kernel for a connection's owner as soon as it is accepted (some role
-/// has `local_users` now). When it says no, the owner is looked up on the first request that
-/// needs it, so that a reload adding `local_users` also covers connections already open.
+/// How a listener attributes callers to their socket's owner.
 #[derive(Clone)]
-pub struct Attribution(pub Arc<dyn Fn() -> bool + Send + Sync>);
+pub struct Attribution {
+    /// Whether to ask the kernel for a connection's owner as soon as it is accepted (some
+    /// role has `local_users` now). When it says no, the owner is looked up on the first
+    /// request that needs it, so that a reload adding `local_users` also covers connections
+    /// already open.
+    pub ask_at_accept: Arc<dyn Fn() -> bool + Send + Sync>,
+}
 
 impl std::fmt::Debug for Attribution {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -198,10 +202,10 @@ pub async fn serve<H: Handler>(
         }
         // The original destination is read now, while the socket is at hand; the kernel is
         // asked for the owner once, in the connection's task before its first request.
-        let owner = limits.owners.as_ref().map(|attribution| {
+        let owner = limits.attribution.as_ref().map(|attribution| {
             let local = stream.local_addr().unwrap_or(peer);
             let owner = Arc::new(SocketOwner::accepted(&stream, peer, local));
-            (owner, (attribution.0)())
+            (owner, (attribution.ask_at_accept)())
         });
         let handler = Arc::clone(&handler);
         let per_peer = limits.per_peer.clone();
@@ -412,7 +416,7 @@ mod tests {
             per_peer: None,
             hop_limit: None,
             allowed_sources: nets.iter().map(|n| n.parse().unwrap()).collect(),
-            owners: None,
+            attribution: None,
         };
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let lo = limits(&["127.0.0.0/8", "::1/128"]);
