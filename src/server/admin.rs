@@ -31,7 +31,8 @@ use crate::clock;
 use crate::creds::FetchError;
 use crate::server::Endpoint;
 use crate::server::handler::{Handler, ListenerContext, Outcome, RequestContext};
-use crate::server::http::{self, Body};
+use crate::server::http;
+use crate::server::response::Body;
 use crate::server::response::{JsonError, Refused, json_response, with_content_type};
 use crate::state::Snapshot;
 

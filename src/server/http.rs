@@ -33,7 +33,6 @@ use crate::clock;
 use crate::identity::SocketOwner;
 use crate::server::Endpoint;
 use crate::server::handler::{self, Handler};
-pub use crate::server::response::Body;
 use crate::server::response::{JsonError, Refused};
 use crate::server::write_timeout::WriteTimeout;
 

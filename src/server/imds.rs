@@ -35,7 +35,8 @@ use crate::config::ImdsConfig;
 use crate::identity::socket_owner::Local;
 use crate::server::Endpoint;
 use crate::server::handler::{Handler, ListenerContext, Outcome, RequestContext};
-use crate::server::http::{self, Body};
+use crate::server::http;
+use crate::server::response::Body;
 use crate::server::response::{JsonError, Refused, text_response, with_content_type};
 
 /// The request header carrying the requested token TTL, and the response header granting it.
