@@ -36,7 +36,7 @@ use crate::state::Snapshot;
 pub struct ListenerContext {
     /// The configuration snapshot, swapped whole on reload.
     pub state: Arc<ArcSwap<Snapshot>>,
-    /// The credentials: the only thing a handler reads that a refresh writes.
+    /// The cached credentials: refresh tasks write them, handlers only read.
     pub cache: Arc<CredentialCache>,
     /// Where the finishing step counts requests.
     pub metrics: Arc<Metrics>,
