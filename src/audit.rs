@@ -14,11 +14,12 @@
 //!   configured local user. Token requests carry them too when known.
 //! - `access_key_id` joins the line to CloudTrail.
 //! - Handlers hand records to a bounded channel and never wait: when the disk is slow and the
-//!   channel is full, records are dropped and counted (`sts_broker_audit_records_total{outcome="dropped"}`).
+//!   channel is full, records are dropped and counted
+//!   (`sts_broker_audit_records_total{outcome="dropped"}`).
 //! - The writer flushes at least once a second, and reopens the file on SIGHUP (logrotate).
 //! - A record counts as `written` once its line is in the file. When a write fails (ENOSPC,
 //!   EIO), the records it held are counted as `dropped` and a warning is logged (at most one
-//!   per [`WARN_EVERY`], with the number lost); a line cut short by the failure is cut off
+//!   per `WARN_EVERY`, 10 s, with the number lost); a line cut short by the failure is cut off
 //!   again (the file is truncated back to the last whole line), so every line in the trail is
 //!   whole JSON and the next record starts on a fresh line.
 

@@ -3,8 +3,8 @@
 //!
 //! Every listener has the same shape ([`handler`]): [`http::serve`] accepts and applies the
 //! listener's limits, [`handler::handle`] loads the snapshot and calls the protocol's
-//! [`Handler::answer`](handler::Handler::answer), and one finishing step records the
-//! request's metrics, audit record and refusal log from the [`Outcome`](handler::Outcome).
+//! [`Handler::answer`], and one finishing step records the request's metrics, audit record
+//! and refusal log from the [`Outcome`].
 //!
 //! - [`ecs`], [`imds`], [`admin`]: one file per protocol.
 //! - [`http`]: the accept loop, per-listener limits, the `Host` check.
