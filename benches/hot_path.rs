@@ -31,6 +31,7 @@ use sts_broker::cache::{CredentialCache, Fetch, RenderedCredentials, RoleSlot};
 use sts_broker::config::{Config, LoadContext};
 use sts_broker::creds::{Credentials, Secret};
 use sts_broker::metrics::Metrics;
+use sts_broker::server::Endpoint;
 use sts_broker::server::http::host_allowed;
 use sts_broker::server::imds::TokenSigner;
 use sts_broker::state::{Access, TokenIndex};
@@ -199,7 +200,7 @@ fn bench_metrics(c: &mut Criterion) {
     c.bench_function("metrics/observe_request", |b| {
         b.iter(|| {
             m.observe_request(
-                black_box("ecs"),
+                black_box(Endpoint::Ecs),
                 black_box("app0"),
                 200,
                 Duration::from_micros(40),

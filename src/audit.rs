@@ -14,11 +14,12 @@
 //!   configured local user. Token requests carry them too when known.
 //! - `access_key_id` joins the line to CloudTrail.
 //! - Handlers hand records to a bounded channel and never wait: when the disk is slow and the
-//!   channel is full, records are dropped and counted (`sts_broker_audit_dropped_total`).
+//!   channel is full, records are dropped and counted
+//!   (`sts_broker_audit_records_total{outcome="dropped"}`).
 //! - The writer flushes at least once a second, and reopens the file on SIGHUP (logrotate).
 //! - A record counts as `written` once its line is in the file. When a write fails (ENOSPC,
 //!   EIO), the records it held are counted as `dropped` and a warning is logged (at most one
-//!   per [`WARN_EVERY`], with the number lost); a line cut short by the failure is cut off
+//!   per `WARN_EVERY`, 10 s, with the number lost); a line cut short by the failure is cut off
 //!   again (the file is truncated back to the last whole line), so every line in the trail is
 //!   whole JSON and the next record starts on a fresh line.
 
@@ -34,6 +35,7 @@ use tokio::sync::mpsc;
 use crate::cache::{RenderedCredentials, RoleSlot};
 use crate::clock;
 use crate::metrics::Metrics;
+use crate::server::Endpoint;
 
 /// Records waiting to be written before new ones are dropped.
 pub const QUEUE: usize = 8192;
@@ -49,8 +51,11 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// One credential response, as the handler saw it.
 #[derive(Debug)]
 pub struct AuditRecord {
+    /// When the response was sent.
     pub time: SystemTime,
-    pub endpoint: &'static str,
+    /// The listener that answered.
+    pub endpoint: Endpoint,
+    /// The client's address.
     pub peer: SocketAddr,
     /// The first 8 bytes of the client token's SHA-256.
     pub token_fingerprint: Option<[u8; 8]>,
@@ -59,9 +64,10 @@ pub struct AuditRecord {
     /// That owner's user name, when it is a configured local user.
     pub user: Option<Arc<str>>,
     /// The configured role, when the request named one.
-    pub slot: Option<Arc<RoleSlot>>,
-    /// What was served, on 200.
-    pub served: Option<Arc<RenderedCredentials>>,
+    pub role: Option<Arc<RoleSlot>>,
+    /// The credentials served, on 200.
+    pub credentials: Option<Arc<RenderedCredentials>>,
+    /// The HTTP status answered.
     pub status: u16,
     /// The Kubernetes workload that called (namespace, service account, pod), if any.
     pub workload: Option<Arc<crate::identity::Workload>>,
@@ -69,16 +75,16 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     fn to_json_line(&self) -> Vec<u8> {
-        let spec = self.slot.as_ref().map(|s| &s.config.spec);
+        let spec = self.role.as_ref().map(|s| &s.config.spec);
         let value = serde_json::json!({
             "time": humantime::format_rfc3339_millis(self.time).to_string(),
-            "endpoint": self.endpoint,
+            "endpoint": self.endpoint.as_str(),
             "peer": self.peer.to_string(),
             "token_fingerprint": self.token_fingerprint.map(hex::encode),
             "uid": self.uid,
             "user": self.user.as_deref(),
-            "role": self.slot.as_ref().map(|s| s.config.name.as_str()),
-            "access_key_id": self.served.as_ref().map(|s| s.access_key_id.as_str()),
+            "role": self.role.as_ref().map(|s| s.config.name.as_str()),
+            "access_key_id": self.credentials.as_ref().map(|s| s.access_key_id.as_str()),
             "session_name": spec.and_then(|s| s.session_name.as_deref()),
             "source_identity": spec.and_then(|s| s.source_identity()),
             "status": self.status,

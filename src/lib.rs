@@ -308,78 +308,49 @@ impl Broker {
             .apply_roles(&current, &HashMap::new(), current.refresh.startup_spread)
             .await;
 
-        let ecs_ctx = Arc::new(ecs::EcsContext {
+        let context = server::ListenerContext {
             state: Arc::clone(&broker.state),
             cache: Arc::clone(&broker.cache),
             metrics: Arc::clone(&broker.metrics),
             audit: broker.audit.clone(),
             sessions: Arc::clone(&broker.sessions),
-        });
+        };
         let mut ecs_limits = ecs_limits;
-        ecs_limits.owners = attribution(&broker.state);
+        ecs_limits.attribution = attribution(&broker.state);
+        let ecs = Arc::new(ecs::Ecs::new(context.clone()));
         for l in ecs_listeners {
-            let ctx = Arc::clone(&ecs_ctx);
-            broker.spawn_listener(l, "ecs", ecs_limits.clone(), move |req, peer| {
-                ecs::handle(Arc::clone(&ctx), req, peer)
-            });
+            broker.spawn_listener(l, ecs_limits.clone(), Arc::clone(&ecs));
         }
-        let imds_ctx = Arc::new(imds::ImdsContext {
-            state: Arc::clone(&broker.state),
-            cache: Arc::clone(&broker.cache),
-            metrics: Arc::clone(&broker.metrics),
-            signer: imds::TokenSigner::generate(),
-            audit: broker.audit.clone(),
-        });
+        let imds = Arc::new(imds::Imds::new(context.clone()));
         for l in imds_listeners {
-            let ctx = Arc::clone(&imds_ctx);
             let mut limits = imds_limits
                 .clone()
                 .expect("IMDS listeners only with [imds]");
-            limits.owners = attribution(&broker.state);
-            broker.spawn_listener(l, "imds", limits, move |req, peer| {
-                imds::handle(Arc::clone(&ctx), req, peer)
-            });
+            limits.attribution = attribution(&broker.state);
+            broker.spawn_listener(l, limits, Arc::clone(&imds));
         }
-        let admin_ctx = Arc::new(admin::AdminContext {
-            sessions: Arc::clone(&broker.sessions),
-            state: Arc::clone(&broker.state),
-            cache: Arc::clone(&broker.cache),
-            metrics: Arc::clone(&broker.metrics),
-        });
+        let admin = Arc::new(admin::Admin::new(context));
         for l in admin_listeners {
-            let ctx = Arc::clone(&admin_ctx);
-            broker.spawn_listener(l, "admin", admin_limits.clone(), move |req, peer| {
-                admin::handle(Arc::clone(&ctx), req, peer)
-            });
+            broker.spawn_listener(l, admin_limits.clone(), Arc::clone(&admin));
         }
         Ok(broker)
     }
 
-    fn spawn_listener<H, F>(
+    fn spawn_listener<H: server::Handler>(
         &self,
         listener: TcpListener,
-        endpoint: &'static str,
         limits: http::Limits,
-        handler: H,
-    ) where
-        H: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> F
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        F: Future<Output = hyper::Response<http::Body>> + Send + 'static,
-    {
+        handler: Arc<H>,
+    ) {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(endpoint, %addr, "listening");
+            tracing::info!(endpoint = %H::ENDPOINT, %addr, "listening");
         }
         self.listeners.spawn(http::serve(
             listener,
-            endpoint,
             handler,
             self.listeners_stop.clone(),
             SHUTDOWN_GRACE,
             limits,
-            Arc::clone(&self.metrics),
         ));
     }
 
@@ -754,7 +725,7 @@ fn limits(
             .map(|rate| Arc::new(http::PeerLimiter::new(rate))),
         hop_limit,
         allowed_sources: l.allowed_sources.clone().into(),
-        owners: None,
+        attribution: None,
     }
 }
 
@@ -762,9 +733,9 @@ fn limits(
 /// accept while some role has `local_users`.
 fn attribution(state: &Arc<ArcSwap<Snapshot>>) -> Option<http::Attribution> {
     let state = Arc::clone(state);
-    Some(http::Attribution(Arc::new(move || {
-        !state.load().local.is_empty()
-    })))
+    Some(http::Attribution {
+        ask_at_accept: Arc::new(move || !state.load().local.is_empty()),
+    })
 }
 
 fn local_addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {

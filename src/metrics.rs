@@ -1,6 +1,7 @@
 //! Prometheus metrics: one registry owned by [`Metrics`], shared by `Arc`.
 //!
-//! Label values come from small fixed sets: `endpoint` (ecs, admin), `status` (HTTP code),
+//! Label values come from small fixed sets: `endpoint` (the listener: ecs, imds, admin, see
+//! [`Endpoint`]), `status` (HTTP code),
 //! `api`, `outcome` (`ok` or an error class), `role` (configured names only; requests for
 //! unknown roles are counted under `role=""` so a client cannot grow the label set).
 //!
@@ -39,27 +40,29 @@ use prometheus::{
 
 use crate::clock;
 use crate::creds::{Credentials, FetchError};
+use crate::server::Endpoint;
 
 /// Every metric the broker exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
-    request_duration: HistogramVec,
-    /// `request_duration` for ecs, imds, admin.
-    latency: [Histogram; 3],
+    /// `request_duration_seconds{endpoint}`, resolved once per listener ([`Endpoint::index`]):
+    /// the hot path skips the label lookup (a hash and a lock shared by every worker).
+    request_latency: [Histogram; 3],
     sts_calls: IntCounterVec,
-    sts_duration: HistogramVec,
-    expiry: IntGaugeVec,
-    failures: IntGaugeVec,
+    sts_call_duration: HistogramVec,
+    expiry_seconds: IntGaugeVec,
+    consecutive_failures: IntGaugeVec,
     reloads: IntCounterVec,
     ready: IntGauge,
-    audit: IntCounterVec,
+    audit_records: IntCounterVec,
     rate_limited: IntCounterVec,
     source_refused: IntCounterVec,
-    endpoint_calls: IntCounterVec,
-    endpoint_duration: HistogramVec,
-    endpoint_healthy: IntGaugeVec,
+    /// Per STS endpoint (a URL), not per listener.
+    sts_endpoint_calls: IntCounterVec,
+    sts_endpoint_duration: HistogramVec,
+    sts_endpoint_healthy: IntGaugeVec,
     sts_rate: Gauge,
     revocations: IntCounterVec,
     k8s: K8sMetrics,
@@ -143,6 +146,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every metric, registered in a registry of its own.
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
@@ -165,7 +169,7 @@ impl Metrics {
             &["role", "api", "outcome"],
         )
         .expect("valid metric");
-        let sts_duration = HistogramVec::new(
+        let sts_call_duration = HistogramVec::new(
             HistogramOpts::new("sts_call_duration_seconds", "STS call latency")
                 .namespace(NS)
                 .buckets(vec![
@@ -174,7 +178,7 @@ impl Metrics {
             &["api"],
         )
         .expect("valid metric");
-        let expiry = IntGaugeVec::new(
+        let expiry_seconds = IntGaugeVec::new(
             Opts::new(
                 "credentials_expiry_seconds",
                 "Seconds until the cached credentials of a role expire",
@@ -183,7 +187,7 @@ impl Metrics {
             &["role"],
         )
         .expect("valid metric");
-        let failures = IntGaugeVec::new(
+        let consecutive_failures = IntGaugeVec::new(
             Opts::new(
                 "refresh_consecutive_failures",
                 "Consecutive failed refreshes of a role",
@@ -197,7 +201,7 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
-        let audit = IntCounterVec::new(
+        let audit_records = IntCounterVec::new(
             Opts::new(
                 "audit_records_total",
                 "Audit records by outcome (written; dropped because the writer fell behind or the write failed)",
@@ -224,7 +228,7 @@ impl Metrics {
             &["endpoint"],
         )
         .expect("valid metric");
-        let endpoint_calls = IntCounterVec::new(
+        let sts_endpoint_calls = IntCounterVec::new(
             Opts::new(
                 "sts_endpoint_calls_total",
                 "Attempts per STS endpoint by outcome (failover and hedges included)",
@@ -233,7 +237,7 @@ impl Metrics {
             &["sts_endpoint", "outcome"],
         )
         .expect("valid metric");
-        let endpoint_duration = HistogramVec::new(
+        let sts_endpoint_duration = HistogramVec::new(
             HistogramOpts::new(
                 "sts_endpoint_duration_seconds",
                 "Latency of attempts per STS endpoint",
@@ -245,7 +249,7 @@ impl Metrics {
             &["sts_endpoint"],
         )
         .expect("valid metric");
-        let endpoint_healthy = IntGaugeVec::new(
+        let sts_endpoint_healthy = IntGaugeVec::new(
             Opts::new(
                 "sts_endpoint_healthy",
                 "1 while an STS endpoint is in use, 0 while it rests after repeated failures",
@@ -283,17 +287,17 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
             Box::new(sts_calls.clone()),
-            Box::new(sts_duration.clone()),
-            Box::new(expiry.clone()),
-            Box::new(failures.clone()),
+            Box::new(sts_call_duration.clone()),
+            Box::new(expiry_seconds.clone()),
+            Box::new(consecutive_failures.clone()),
             Box::new(reloads.clone()),
             Box::new(ready.clone()),
-            Box::new(audit.clone()),
+            Box::new(audit_records.clone()),
             Box::new(rate_limited.clone()),
             Box::new(source_refused.clone()),
-            Box::new(endpoint_calls.clone()),
-            Box::new(endpoint_duration.clone()),
-            Box::new(endpoint_healthy.clone()),
+            Box::new(sts_endpoint_calls.clone()),
+            Box::new(sts_endpoint_duration.clone()),
+            Box::new(sts_endpoint_healthy.clone()),
             Box::new(sts_rate.clone()),
             Box::new(revocations.clone()),
         ] {
@@ -307,28 +311,30 @@ impl Metrics {
             k8s,
             registry,
             requests,
-            latency: ["ecs", "imds", "admin"].map(|e| request_duration.with_label_values(&[e])),
-            request_duration,
+            request_latency: Endpoint::ALL
+                .map(|e| request_duration.with_label_values(&[e.as_str()])),
             sts_calls,
-            sts_duration,
-            expiry,
-            failures,
+            sts_call_duration,
+            expiry_seconds,
+            consecutive_failures,
             reloads,
             ready,
-            audit,
+            audit_records,
             rate_limited,
             source_refused,
-            endpoint_calls,
-            endpoint_duration,
-            endpoint_healthy,
+            sts_endpoint_calls,
+            sts_endpoint_duration,
+            sts_endpoint_healthy,
             sts_rate,
             revocations,
         }
     }
 
     /// Counts a request refused because its peer is outside `allowed_sources`.
-    pub fn observe_source_refused(&self, endpoint: &str) {
-        self.source_refused.with_label_values(&[endpoint]).inc();
+    pub fn observe_source_refused(&self, endpoint: Endpoint) {
+        self.source_refused
+            .with_label_values(&[endpoint.as_str()])
+            .inc();
     }
 
     /// Counts a role whose credentials a `revoke_before` dropped.
@@ -336,19 +342,21 @@ impl Metrics {
         self.revocations.with_label_values(&[role]).inc();
     }
 
-    /// Counts one attempt on an STS endpoint (`outcome`: ok or an error class).
-    pub fn observe_endpoint_call(&self, endpoint: &str, outcome: &str, took: Duration) {
-        self.endpoint_calls
-            .with_label_values(&[endpoint, outcome])
+    /// Counts one attempt on an STS endpoint (`sts_endpoint`: its label, a URL; `outcome`:
+    /// ok or an error class).
+    pub fn observe_sts_endpoint_call(&self, sts_endpoint: &str, outcome: &str, took: Duration) {
+        self.sts_endpoint_calls
+            .with_label_values(&[sts_endpoint, outcome])
             .inc();
-        self.endpoint_duration
-            .with_label_values(&[endpoint])
+        self.sts_endpoint_duration
+            .with_label_values(&[sts_endpoint])
             .observe(took.as_secs_f64());
     }
 
-    pub fn set_endpoint_healthy(&self, endpoint: &str, healthy: bool) {
-        self.endpoint_healthy
-            .with_label_values(&[endpoint])
+    /// Whether an STS endpoint is in use (true) or resting after repeated failures.
+    pub fn set_sts_endpoint_healthy(&self, sts_endpoint: &str, healthy: bool) {
+        self.sts_endpoint_healthy
+            .with_label_values(&[sts_endpoint])
             .set(i64::from(healthy));
     }
 
@@ -358,41 +366,30 @@ impl Metrics {
     }
 
     /// Counts a request refused by the per-peer rate limit.
-    pub fn observe_rate_limited(&self, endpoint: &str) {
-        self.rate_limited.with_label_values(&[endpoint]).inc();
+    pub fn observe_rate_limited(&self, endpoint: Endpoint) {
+        self.rate_limited
+            .with_label_values(&[endpoint.as_str()])
+            .inc();
     }
 
     /// Counts audit records that reached the file.
     pub fn observe_audit_written(&self, n: u64) {
-        self.audit.with_label_values(&["written"]).inc_by(n);
+        self.audit_records.with_label_values(&["written"]).inc_by(n);
     }
 
     /// Counts audit records lost: the queue was full, or writing them failed.
     pub fn observe_audit_dropped(&self, n: u64) {
-        self.audit.with_label_values(&["dropped"]).inc_by(n);
+        self.audit_records.with_label_values(&["dropped"]).inc_by(n);
     }
 
-    /// Counts one answered request. `role` must be a configured role name or `""`.
-    pub fn observe_request(&self, endpoint: &str, role: &str, status: u16, took: Duration) {
+    /// Counts one answered request and its latency. `role` must be a configured role name or
+    /// `""`.
+    pub fn observe_request(&self, endpoint: Endpoint, role: &str, status: u16, took: Duration) {
         let mut code = itoa_buf();
         self.requests
-            .with_label_values(&[endpoint, role, status_str(status, &mut code)])
+            .with_label_values(&[endpoint.as_str(), role, status_str(status, &mut code)])
             .inc();
-        self.observe_latency(endpoint, took.as_secs_f64());
-    }
-
-    /// The latency histogram of an endpoint: resolved once for the three listeners, so the
-    /// hot path skips the label lookup (a hash and a lock shared by every worker).
-    fn observe_latency(&self, endpoint: &str, seconds: f64) {
-        match endpoint {
-            "ecs" => self.latency[0].observe(seconds),
-            "imds" => self.latency[1].observe(seconds),
-            "admin" => self.latency[2].observe(seconds),
-            other => self
-                .request_duration
-                .with_label_values(&[other])
-                .observe(seconds),
-        }
+        self.request_latency[endpoint.index()].observe(took.as_secs_f64());
     }
 
     /// Counts one STS call and its latency.
@@ -410,19 +407,24 @@ impl Metrics {
         self.sts_calls
             .with_label_values(&[role, api, outcome])
             .inc();
-        self.sts_duration
+        self.sts_call_duration
             .with_label_values(&[api])
             .observe(took.as_secs_f64());
     }
 
+    /// How many refreshes of `role` failed in a row (0 after a success).
     pub fn set_consecutive_failures(&self, role: &str, n: u32) {
-        self.failures.with_label_values(&[role]).set(i64::from(n));
+        self.consecutive_failures
+            .with_label_values(&[role])
+            .set(i64::from(n));
     }
 
+    /// Seconds until `role`'s cached credentials expire (0: none held).
     pub fn set_expiry(&self, role: &str, seconds: i64) {
-        self.expiry.with_label_values(&[role]).set(seconds);
+        self.expiry_seconds.with_label_values(&[role]).set(seconds);
     }
 
+    /// Whether every prefetched role holds servable credentials.
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
     }
@@ -435,8 +437,8 @@ impl Metrics {
 
     /// Drops the per-role series of a removed role.
     pub fn forget_role(&self, role: &str) {
-        let _ = self.expiry.remove_label_values(&[role]);
-        let _ = self.failures.remove_label_values(&[role]);
+        let _ = self.expiry_seconds.remove_label_values(&[role]);
+        let _ = self.consecutive_failures.remove_label_values(&[role]);
     }
 
     /// Counts a token verification: `ok`, `cached` or a refusal reason.
@@ -516,13 +518,24 @@ mod tests {
     #[test]
     fn exposition_has_prefixed_names() {
         let m = Metrics::new();
-        m.observe_request("ecs", "app", 200, Duration::from_millis(1));
+        m.observe_request(Endpoint::Ecs, "app", 200, Duration::from_millis(1));
+        m.observe_request(Endpoint::Imds, "", 401, Duration::from_millis(1));
         m.observe_reload("ok");
         let text = String::from_utf8(m.render()).unwrap();
         assert!(
             text.contains(
                 "sts_broker_requests_total{endpoint=\"ecs\",role=\"app\",status=\"200\"} 1"
             ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "sts_broker_requests_total{endpoint=\"imds\",role=\"\",status=\"401\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("sts_broker_request_duration_seconds_count{endpoint=\"imds\"} 1"),
             "{text}"
         );
         assert!(

@@ -50,14 +50,19 @@ pub const ALLOWED: &[Algorithm] = &[
 
 /// One verification key and the algorithm it is for.
 pub struct Key {
+    /// The key ID (`kid`) tokens name it by; a token without a `kid` is tried against every
+    /// key of its algorithm.
     pub kid: Option<String>,
+    /// The one algorithm this key verifies (a token naming another is refused).
     pub alg: Algorithm,
+    /// The public key.
     pub key: DecodingKey,
 }
 
 /// The keys held now.
 #[derive(Default)]
 pub struct KeySet {
+    /// Every usable key of the document, in its order.
     pub keys: Vec<Arc<Key>>,
 }
 
@@ -148,6 +153,7 @@ impl std::fmt::Debug for Jwks {
 }
 
 impl Jwks {
+    /// A key holder for `cfg`'s key source, holding no keys yet (`run` fetches them).
     pub fn new(cfg: &KubernetesConfig, metrics: Arc<Metrics>) -> Arc<Jwks> {
         Arc::new(Jwks {
             source: cfg.jwks.clone(),

@@ -31,22 +31,36 @@ const VERIFIED_CAPACITY: u64 = 200_000;
 /// Why a token was refused: the class named in the 401 body and the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
+    /// Larger than 16 KiB.
     Oversize,
+    /// Not a well-formed JWT.
     Malformed,
+    /// An algorithm other than the asymmetric JOSE ones.
     Algorithm,
+    /// A legacy (secret-based, non-expiring) service-account token.
     Legacy,
+    /// Signed by a key the cluster does not publish.
     UnknownKey,
+    /// The signature does not verify.
     Signature,
+    /// Past its expiry.
     Expired,
+    /// Before its `nbf`.
     NotYetValid,
+    /// Another issuer than the configured one.
     Issuer,
+    /// No accepted audience.
     Audience,
+    /// A `sub` that disagrees with the `kubernetes.io` claims.
     Subject,
+    /// Not bound to a pod.
     NoPodBinding,
+    /// Bound to another node than this broker's.
     WrongNode,
 }
 
 impl Reason {
+    /// The class as the 401 body and the `outcome` metric label name it.
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Oversize => "oversize",
@@ -92,15 +106,20 @@ impl Reason {
 /// A caller proven by a service-account token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
+    /// The pod's namespace.
     pub namespace: String,
+    /// The service account's name (within the namespace).
     pub service_account: String,
+    /// The pod the token is bound to.
     pub pod_name: String,
+    /// That pod's UID: a pod recreated under the same name is another caller.
     pub pod_uid: String,
     /// When the token stops being accepted (`exp` + leeway).
     pub valid_until: SystemTime,
     /// `namespace/service_account` and `namespace/service_account/pod-uid`, built once per
     /// token: the keys of its caller sessions, so a cached hit allocates none.
     pub service_account_key: Arc<str>,
+    /// `namespace/service_account/pod-uid`.
     pub pod_key: Arc<str>,
 }
 
@@ -199,6 +218,7 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
+    /// A verifier for `cfg` reading keys from `jwks`.
     pub fn new(cfg: KubernetesConfig, jwks: Arc<Jwks>, metrics: Arc<Metrics>) -> Verifier {
         Verifier {
             cfg,
@@ -211,10 +231,12 @@ impl Verifier {
         }
     }
 
+    /// The `[kubernetes]` table this verifier was built for.
     pub fn config(&self) -> &KubernetesConfig {
         &self.cfg
     }
 
+    /// The keys it verifies with.
     pub fn jwks(&self) -> &Arc<Jwks> {
         &self.jwks
     }

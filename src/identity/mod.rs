@@ -23,6 +23,7 @@ pub use socket_owner::{LocalCaller, LocalUsers, SocketOwner, Unattributed};
 /// `[kubernetes]` changes. Dropping it stops the fetcher.
 #[derive(Debug)]
 pub struct Kubernetes {
+    /// Checks service-account tokens against the keys the fetcher keeps current.
     pub verifier: jwt::Verifier,
     stop: CancellationToken,
 }

@@ -286,6 +286,7 @@ pub fn probe() -> std::io::Result<()> {
 /// A user named in some role's `local_users`, and the role that user gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalCaller {
+    /// The socket owner's UID.
     pub uid: u32,
     /// The user name (as configured, or the passwd name of a numeric UID when it has one).
     pub user: Option<Arc<str>>,

@@ -27,472 +27,538 @@
 //! nothing about which roles exist. Errors are `{"Code","Message"}` JSON. A request for a
 //! role with nothing cached waits for the one in-flight fetch, bounded by `[sts].timeout`.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-
-use arc_swap::ArcSwap;
-use hyper::body::Incoming;
 use hyper::header::AUTHORIZATION;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, StatusCode};
+use std::sync::Arc;
 
-use crate::audit::{AuditLog, AuditRecord};
-use crate::cache::session::{CallerSessions, SessionCaller};
-use crate::cache::{CacheError, CredentialCache, RenderedCredentials, RoleSlot};
-use crate::clock;
+use crate::cache::session::SessionCaller;
+use crate::cache::{CacheError, RenderedCredentials, RoleSlot};
 use crate::config::kubernetes::WorkloadFacts;
 use crate::config::relative_uri;
 use crate::identity::socket_owner::Local;
-use crate::identity::{self, Workload};
-use crate::identity::{SocketOwner, Unattributed};
-use crate::metrics::Metrics;
-use crate::server::http::{self, Body};
+use crate::identity::{self, LocalCaller, Reason, SocketOwner, Workload};
+use crate::server::Endpoint;
+use crate::server::handler::{Handler, ListenerContext, Outcome, RequestContext};
+use crate::server::http;
+use crate::server::response::{JsonError, Refused, json_response};
 use crate::state::{Access, Snapshot, TokenIndex};
 
 /// Path prefix of the credentials route.
 pub const PREFIX: &str = "/v1/credentials/";
 /// The role-less route (EKS Pod Identity's URL path).
 pub const ROLELESS: &str = "/v1/credentials";
-const ENDPOINT: &str = "ecs";
 
-/// What the ECS handler reads.
-#[derive(Debug, Clone)]
-pub struct EcsContext {
-    pub state: Arc<ArcSwap<Snapshot>>,
-    pub cache: Arc<CredentialCache>,
-    pub metrics: Arc<Metrics>,
-    pub audit: Option<AuditLog>,
-    /// Per-caller STS sessions of roles with a per-caller `session_scope`.
-    pub sessions: Arc<CallerSessions>,
+/// The ECS listener's handler.
+#[derive(Debug)]
+pub struct Ecs {
+    context: ListenerContext,
 }
 
-/// How a request ended: the response and what the metrics and the audit trail record.
-struct Outcome {
-    resp: Response<Body>,
-    /// The configured role the request named (only once the token is known).
-    slot: Option<Arc<RoleSlot>>,
-    served: Option<Arc<RenderedCredentials>>,
-    /// Set once the request reached the credentials route with a token.
-    fingerprint: Option<[u8; 8]>,
-    /// Whether this was a credentials request at all (audited) or a stray path.
-    credentials_route: bool,
-    /// The client socket's owner, when known; the user name when it is a local user.
-    uid: Option<u32>,
-    user: Option<Arc<str>>,
-    unattributed: Option<Unattributed>,
-    /// The verified Kubernetes caller, if the token was a service-account token.
-    workload: Option<Arc<Workload>>,
-}
-
-impl Outcome {
-    fn refused(resp: Response<Body>) -> Outcome {
-        Outcome {
-            resp,
-            slot: None,
-            served: None,
-            fingerprint: None,
-            credentials_route: false,
-            uid: None,
-            user: None,
-            unattributed: None,
-            workload: None,
-        }
+impl Ecs {
+    /// A handler reading `context`.
+    pub fn new(context: ListenerContext) -> Ecs {
+        Ecs { context }
     }
 }
 
-/// Answers one request.
-pub async fn handle(
-    ctx: Arc<EcsContext>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<Body> {
-    let started = clock::instant();
-    let snap = ctx.state.load_full();
-    let owner = req.extensions().get::<Arc<SocketOwner>>().cloned();
-    let out = answer(&ctx, &snap, &req, owner.as_deref()).await;
-    let status = out.resp.status().as_u16();
-    let role = out.slot.as_ref().map_or("", |s| s.config.name.as_str());
-    ctx.metrics
-        .observe_request(ENDPOINT, role, status, started.elapsed());
-    if status != 200 {
-        match &out.workload {
-            Some(w) => tracing::debug!(
-                %peer, role, status, namespace = %w.namespace,
-                service_account = %w.service_account, pod = %w.pod_name,
-                "ecs request refused"
-            ),
-            None => {
-                // A relative-URI path is a secret: never logged.
-                let path = req.uri().path();
-                let path = if path.starts_with(relative_uri::PREFIX) {
-                    "/v2/credentials/(redacted)"
-                } else {
-                    path
-                };
-                tracing::debug!(
-                    %peer,
-                    role,
-                    status,
-                    path,
-                    uid = out.uid,
-                    user = out.user.as_deref(),
-                    unattributed = out.unattributed.map(Unattributed::as_str),
-                    "ecs request refused"
-                );
+impl Handler for Ecs {
+    const ENDPOINT: Endpoint = Endpoint::Ecs;
+
+    fn context(&self) -> &ListenerContext {
+        &self.context
+    }
+
+    async fn answer(&self, request: &RequestContext<'_>) -> Outcome {
+        let mut out = Outcome::default();
+        out.response = match self.credentials(request, &mut out).await {
+            Ok(credentials) => {
+                let resp = json_response(StatusCode::OK, credentials.ecs_body.clone());
+                out.credentials = Some(credentials);
+                resp
             }
-        }
-    }
-    if let Some(audit) = &ctx.audit
-        && out.credentials_route
-    {
-        audit.record(AuditRecord {
-            time: clock::now(),
-            endpoint: ENDPOINT,
-            peer,
-            token_fingerprint: out.fingerprint,
-            uid: out.uid,
-            user: out.user,
-            slot: out.slot,
-            served: out.served,
-            status,
-            workload: out.workload,
-        });
-    }
-    out.resp
-}
-
-async fn answer(
-    ctx: &EcsContext,
-    snap: &Snapshot,
-    req: &Request<Incoming>,
-    owner: Option<&SocketOwner>,
-) -> Outcome {
-    if !http::host_allowed(req, &snap.config.ecs.allowed_hosts) {
-        return Outcome::refused(http::forbidden_host());
-    }
-    if let Some(id) = req.uri().path().strip_prefix(relative_uri::PREFIX) {
-        return relative(ctx, snap, req, id).await;
-    }
-    let path = req.uri().path();
-    let name = if path == ROLELESS {
-        None
-    } else {
-        let Some(name) = path
-            .strip_prefix(PREFIX)
-            .filter(|n| !n.is_empty() && !n.contains('/'))
-        else {
-            return Outcome::refused(http::not_found());
+            Err(e) => e.response(),
         };
-        Some(name)
-    };
-    if req.method() != Method::GET {
-        return Outcome::refused(http::method_not_allowed("GET"));
+        out
     }
-    if http::has_body(req) {
-        return Outcome::refused(http::body_not_allowed());
-    }
-    // Every path below sets the response; start from an empty one (building a 404 here
-    // was a fifth of the hot path's instructions).
-    let mut out = Outcome::refused(Response::default());
-    out.credentials_route = true;
-    let Some(token) = req.headers().get(AUTHORIZATION) else {
-        return match local_caller(snap, name, owner, &mut out) {
-            Some(slot) => serve(ctx, snap, &slot.config.name, slot, out).await,
-            None => out,
-        };
-    };
-    // A token decides; the owner is recorded when the kernel was already asked.
-    out.uid = owner.and_then(SocketOwner::known_uid);
-    let digest = TokenIndex::digest(token.as_bytes());
-    out.fingerprint = Some(digest[..8].try_into().expect("8 of 32 bytes"));
-    // A JWT unless it is one of the static tokens (which may happen to have the same shape).
-    if let Some(k8s) = &snap.kubernetes
-        && identity::looks_like_jwt(token.as_bytes())
-        && snap.tokens.roles_of(&digest).is_empty()
-    {
-        match k8s.verifier.verify(token.as_bytes(), &digest).await {
-            Ok(w) => return answer_workload(ctx, snap, name, w, out).await,
-            Err(reason) => {
-                out.resp = http::error_response(
-                    StatusCode::UNAUTHORIZED,
-                    "InvalidToken",
-                    &format!(
-                        "the service-account token was refused ({}): {}",
-                        reason.as_str(),
-                        reason.message()
-                    ),
-                );
-                return out;
-            }
-        }
-    }
-    // Role-less with a static token: the one role it may fetch.
-    let name: &str = match name {
-        Some(n) => n,
-        None => match snap.tokens.roles_of(&digest) {
-            [] => "",
-            [one] => one,
-            several => {
-                out.resp = http::error_response(
-                    StatusCode::FORBIDDEN,
-                    "AccessDenied",
-                    &format!(
-                        "the authorization token may fetch {} roles; name one: /v1/credentials/{{role}}",
-                        several.len()
-                    ),
-                );
-                return out;
-            }
-        },
-    };
-    let access = snap.tokens.check_digest(&digest, name);
-    if access == Access::Unknown {
-        out.resp = http::error_response(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "the authorization token is not valid",
-        );
-        return out;
-    }
-    let Some(slot) = snap.roles.get(name) else {
-        out.resp = http::error_response(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("no role named {name:?}"),
-        );
-        return out;
-    };
-    out.slot = Some(Arc::clone(slot));
-    if access == Access::WrongRole {
-        out.resp = http::error_response(
-            StatusCode::FORBIDDEN,
-            "AccessDenied",
-            &format!("the authorization token is not allowed role {name:?}"),
-        );
-        return out;
-    }
-    serve(ctx, snap, name, slot, out).await
 }
 
-/// A request without `Authorization`: the role's slot when the socket's owner is one of its
-/// `local_users`, else `None` with the refusal in `out`. Like a token, a local user is told
-/// which roles exist (404) and which it may not fetch (403); anyone else learns nothing (401).
-fn local_caller<'a>(
-    snap: &'a Snapshot,
-    name: Option<&str>,
-    owner: Option<&SocketOwner>,
-    out: &mut Outcome,
-) -> Option<&'a Arc<RoleSlot>> {
-    let local = snap.local.caller(owner);
-    out.uid = local.uid();
-    let caller = match local {
-        Local::Caller(c) => c,
-        Local::Unlisted(_) | Local::Unattributed(_) => {
-            if let Local::Unattributed(why) = local {
-                out.unattributed = Some(why);
+/// Why an ECS request got no credentials; `Display` is the `Message`.
+#[derive(Debug, thiserror::Error)]
+enum EcsError<'a> {
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error("missing Authorization header (set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE)")]
+    MissingAuthorization,
+    #[error("the authorization token is not valid")]
+    UnknownToken,
+    #[error("the service-account token was refused ({}): {}", .0.as_str(), .0.message())]
+    TokenRefused(Reason),
+    #[error("no role named {0:?}")]
+    UnknownRole(&'a str),
+    #[error("the authorization token may fetch {0} roles; name one: /v1/credentials/{{role}}")]
+    TokenHasSeveralRoles(usize),
+    #[error("the authorization token is not allowed role {0:?}")]
+    TokenNotAllowed(&'a str),
+    #[error("local {} is not allowed role {role:?}", describe_local(caller))]
+    LocalUserNotAllowed {
+        caller: &'a LocalCaller,
+        role: &'a str,
+    },
+    #[error("service account {account} is not allowed role {role:?}")]
+    WorkloadNotAllowed { account: Arc<str>, role: &'a str },
+    #[error("service account {0} is not allowed any role")]
+    WorkloadHasNoRole(Arc<str>),
+    #[error(
+        "service account {account} may use several roles ({first}, {second}, ...); name one: /v1/credentials/{{role}}"
+    )]
+    WorkloadHasSeveralRoles {
+        account: Arc<str>,
+        first: &'a str,
+        second: &'a str,
+    },
+    #[error(
+        "credentials for role {role:?} are unavailable: {}",
+        unavailable_reason(why)
+    )]
+    Unavailable { role: &'a str, why: CacheError },
+}
+
+impl JsonError for EcsError<'_> {
+    fn status(&self) -> StatusCode {
+        match self {
+            EcsError::Refused(r) => r.status(),
+            EcsError::MissingAuthorization | EcsError::UnknownToken | EcsError::TokenRefused(_) => {
+                StatusCode::UNAUTHORIZED
             }
-            out.resp = http::error_response(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "missing Authorization header (set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE)",
-            );
-            return None;
+            EcsError::UnknownRole(_) => StatusCode::NOT_FOUND,
+            EcsError::TokenHasSeveralRoles(_)
+            | EcsError::TokenNotAllowed(_)
+            | EcsError::LocalUserNotAllowed { .. }
+            | EcsError::WorkloadNotAllowed { .. }
+            | EcsError::WorkloadHasNoRole(_)
+            | EcsError::WorkloadHasSeveralRoles { .. } => StatusCode::FORBIDDEN,
+            EcsError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
-    };
-    out.user = caller.user.clone();
-    // Role-less (`/v1/credentials`): the local user's own role.
-    let name: &str = name.unwrap_or(&caller.role);
-    let Some(slot) = snap.roles.get(name) else {
-        out.resp = http::error_response(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("no role named {name:?}"),
-        );
-        return None;
-    };
-    out.slot = Some(Arc::clone(slot));
-    if *caller.role != *name {
-        let who = caller
-            .user
-            .as_deref()
-            .map_or_else(|| format!("UID {}", caller.uid), |u| format!("user {u:?}"));
-        out.resp = http::error_response(
-            StatusCode::FORBIDDEN,
-            "AccessDenied",
-            &format!("local {who} is not allowed role {name:?}"),
-        );
-        return None;
     }
-    Some(slot)
+
+    fn code(&self) -> &'static str {
+        match self {
+            EcsError::Refused(r) => r.code(),
+            EcsError::MissingAuthorization | EcsError::UnknownToken => "Unauthorized",
+            EcsError::TokenRefused(_) => "InvalidToken",
+            EcsError::UnknownRole(_) => "NotFound",
+            EcsError::TokenHasSeveralRoles(_)
+            | EcsError::TokenNotAllowed(_)
+            | EcsError::LocalUserNotAllowed { .. }
+            | EcsError::WorkloadNotAllowed { .. }
+            | EcsError::WorkloadHasNoRole(_)
+            | EcsError::WorkloadHasSeveralRoles { .. } => "AccessDenied",
+            EcsError::Unavailable { .. } => "CredentialsUnavailable",
+        }
+    }
+
+    fn header(&self) -> Option<(hyper::header::HeaderName, &'static str)> {
+        match self {
+            EcsError::Refused(r) => r.header(),
+            _ => None,
+        }
+    }
 }
 
-/// Reads the cache for an allowed request.
-async fn serve(
-    ctx: &EcsContext,
-    snap: &Snapshot,
-    name: &str,
-    slot: &Arc<RoleSlot>,
-    mut out: Outcome,
-) -> Outcome {
-    let wait = snap.config.sts.timeout + Duration::from_secs(1);
-    match ctx.cache.get(slot, wait).await {
-        Ok(served) => {
-            out.resp = http::json_response(StatusCode::OK, served.ecs_body.clone());
-            out.served = Some(served);
-        }
-        Err(e) => out.resp = unavailable(name, &e),
-    }
-    out
+/// `user "name"` or `UID n`, as the 403 names a local caller.
+fn describe_local(caller: &LocalCaller) -> String {
+    caller
+        .user
+        .as_deref()
+        .map_or_else(|| format!("UID {}", caller.uid), |u| format!("user {u:?}"))
 }
 
-/// `GET /v2/credentials/{id}`: the shape SDKs that know only
-/// `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` ask for, with no `Authorization` header. The id is
-/// the secret (see `config::relative_uri`); an unknown one is 404 like any other path, so
-/// probing learns nothing. Audited with the id's fingerprint in place of a token's.
-async fn relative(ctx: &EcsContext, snap: &Snapshot, req: &Request<Incoming>, id: &str) -> Outcome {
-    if req.method() != Method::GET {
-        return Outcome::refused(http::method_not_allowed("GET"));
-    }
-    if http::has_body(req) {
-        return Outcome::refused(http::body_not_allowed());
-    }
-    let digest = TokenIndex::digest(id.as_bytes());
-    let Some(slot) = snap
-        .tokens
-        .role_for_path_id(&digest)
-        .and_then(|name| snap.roles.get(name))
-    else {
-        return Outcome::refused(http::not_found());
-    };
-    let mut out = Outcome::refused(Response::default());
-    out.credentials_route = true;
-    out.fingerprint = Some(digest[..8].try_into().expect("8 of 32 bytes"));
-    out.slot = Some(Arc::clone(slot));
-    let wait = snap.config.sts.timeout + Duration::from_secs(1);
-    match ctx.cache.get(slot, wait).await {
-        Ok(served) => {
-            out.resp = http::json_response(StatusCode::OK, served.ecs_body.clone());
-            out.served = Some(served);
-        }
-        Err(e) => out.resp = unavailable(&slot.config.name, &e),
-    }
-    out
-}
-
-/// The rest of a request whose token is a verified service-account token: pick the role
-/// (named, or the one the service account maps to), check it admits the caller, then serve
-/// the caller's session.
-async fn answer_workload(
-    ctx: &EcsContext,
-    snap: &Snapshot,
-    name: Option<&str>,
-    w: Arc<Workload>,
-    mut out: Outcome,
-) -> Outcome {
-    let sa = w.service_account_ref();
-    out.workload = Some(Arc::clone(&w));
-    let slot = match name {
-        Some(name) => {
-            let Some(slot) = snap.roles.get(name) else {
-                out.resp = http::error_response(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    &format!("no role named {name:?}"),
-                );
-                return out;
-            };
-            if !identity::role_admits(&slot.config, &w) {
-                out.slot = Some(Arc::clone(slot));
-                out.resp = http::error_response(
-                    StatusCode::FORBIDDEN,
-                    "AccessDenied",
-                    &format!("service account {sa} is not allowed role {name:?}"),
-                );
-                return out;
-            }
-            slot
-        }
-        None => {
-            let mut allowed = snap
-                .config
-                .roles
-                .iter()
-                .filter(|r| identity::role_admits(r, &w));
-            match (allowed.next(), allowed.next()) {
-                (Some(r), None) => match snap.roles.get(&r.name) {
-                    Some(slot) => slot,
-                    None => {
-                        out.resp = http::not_found();
-                        return out;
-                    }
-                },
-                (None, _) => {
-                    out.resp = http::error_response(
-                        StatusCode::FORBIDDEN,
-                        "AccessDenied",
-                        &format!("service account {sa} is not allowed any role"),
-                    );
-                    return out;
-                }
-                (Some(a), Some(b)) => {
-                    out.resp = http::error_response(
-                        StatusCode::FORBIDDEN,
-                        "AccessDenied",
-                        &format!(
-                            "service account {sa} may use several roles ({}, {}, ...); name one: /v1/credentials/{{role}}",
-                            a.name, b.name
-                        ),
-                    );
-                    return out;
-                }
-            }
-        }
-    };
-    let caller = SessionCaller {
-        facts: WorkloadFacts {
-            namespace: &w.namespace,
-            service_account: &w.service_account,
-            pod_name: &w.pod_name,
-            pod_uid: &w.pod_uid,
-        },
-        cluster: snap
-            .kubernetes
-            .as_ref()
-            .and_then(|k| k.verifier.config().cluster_name.as_deref()),
-        service_account_key: &w.service_account_key,
-        pod_key: &w.pod_key,
-    };
-    let session = ctx.sessions.slot_for(slot, &caller, &ctx.metrics);
-    out.slot = Some(Arc::clone(&session));
-    let wait = snap.config.sts.timeout + Duration::from_secs(1);
-    match ctx.cache.get(&session, wait).await {
-        Ok(served) => {
-            out.resp = http::json_response(StatusCode::OK, served.ecs_body.clone());
-            out.served = Some(served);
-        }
-        Err(e) => out.resp = unavailable(&slot.config.name, &e),
-    }
-    out
-}
-
-/// 503 saying why, and whether retrying soon can help.
-pub fn unavailable(role: &str, e: &CacheError) -> Response<Body> {
-    let message = match e {
+/// Why the cache could not serve, and whether retrying soon can help.
+fn unavailable_reason(why: &CacheError) -> String {
+    match why {
         CacheError::Fetch(f) => format!(
-            "credentials for role {role:?} are unavailable: {f} ({})",
+            "{f} ({})",
             if f.class.retryable() {
                 "a retry may succeed"
             } else {
                 "retrying will not help until the IAM or broker configuration changes"
             }
         ),
-        CacheError::TimedOut => format!(
-            "credentials for role {role:?} are unavailable: STS did not answer in time (a retry may succeed)"
-        ),
+        CacheError::TimedOut => "STS did not answer in time (a retry may succeed)".to_string(),
+    }
+}
+
+/// The first 8 bytes of a token's (or path id's) digest: what logs and the audit trail show.
+fn fingerprint(digest: &[u8; 32]) -> [u8; 8] {
+    digest[..8].try_into().expect("8 of 32 bytes")
+}
+
+impl Ecs {
+    /// The credentials a request may have, recording in `out` what it showed on the way.
+    async fn credentials<'a>(
+        &self,
+        rc: &RequestContext<'a>,
+        out: &mut Outcome,
+    ) -> Result<Arc<RenderedCredentials>, EcsError<'a>> {
+        let (req, snapshot) = (rc.request, rc.snapshot);
+        if !http::host_allowed(req, &snapshot.config.ecs.allowed_hosts) {
+            return Err(Refused::InvalidHost.into());
+        }
+        let path = req.uri().path();
+        if let Some(id) = path.strip_prefix(relative_uri::PREFIX) {
+            return self.relative(rc, id, out).await;
+        }
+        let name = if path == ROLELESS {
+            None
+        } else {
+            let name = path
+                .strip_prefix(PREFIX)
+                .filter(|n| !n.is_empty() && !n.contains('/'))
+                .ok_or(Refused::NotFound)?;
+            Some(name)
+        };
+        if req.method() != Method::GET {
+            return Err(Refused::MethodNotAllowed("GET").into());
+        }
+        if http::has_body(req) {
+            return Err(Refused::BodyNotAllowed.into());
+        }
+        out.audited = true;
+        let Some(token) = req.headers().get(AUTHORIZATION) else {
+            let slot = local_caller(snapshot, name, rc.owner, out)?;
+            return self.serve(rc, slot, slot).await;
+        };
+        // A token decides; the owner is recorded when the kernel was already asked.
+        out.caller.uid = rc.owner.and_then(SocketOwner::known_uid);
+        let digest = TokenIndex::digest(token.as_bytes());
+        out.caller.token_fingerprint = Some(fingerprint(&digest));
+        // A JWT unless it is one of the static tokens (which may happen to have the same shape).
+        if let Some(k8s) = &snapshot.kubernetes
+            && identity::looks_like_jwt(token.as_bytes())
+            && snapshot.tokens.roles_of(&digest).is_empty()
+        {
+            let workload = k8s
+                .verifier
+                .verify(token.as_bytes(), &digest)
+                .await
+                .map_err(EcsError::TokenRefused)?;
+            out.caller.workload = Some(Arc::clone(&workload));
+            return self.workload(rc, name, &workload, out).await;
+        }
+        // Role-less with a static token: the one role it may fetch.
+        let name: &str = match name {
+            Some(n) => n,
+            None => match snapshot.tokens.roles_of(&digest) {
+                [] => "",
+                [one] => one,
+                several => return Err(EcsError::TokenHasSeveralRoles(several.len())),
+            },
+        };
+        let access = snapshot.tokens.check_digest(&digest, name);
+        if access == Access::Unknown {
+            return Err(EcsError::UnknownToken);
+        }
+        let slot = snapshot
+            .roles
+            .get(name)
+            .ok_or(EcsError::UnknownRole(name))?;
+        out.role = Some(Arc::clone(slot));
+        if access == Access::WrongRole {
+            return Err(EcsError::TokenNotAllowed(name));
+        }
+        self.serve(rc, slot, slot).await
+    }
+
+    /// Reads the cache for an allowed request: `session` (the role's slot, or a caller's
+    /// session of it), reported as `role` when it cannot be served.
+    async fn serve<'a>(
+        &self,
+        rc: &RequestContext<'_>,
+        role: &'a RoleSlot,
+        session: &Arc<RoleSlot>,
+    ) -> Result<Arc<RenderedCredentials>, EcsError<'a>> {
+        self.context
+            .cache
+            .get(session, rc.cache_wait())
+            .await
+            .map_err(|why| EcsError::Unavailable {
+                role: &role.config.name,
+                why,
+            })
+    }
+
+    /// `GET /v2/credentials/{id}`: the shape SDKs that know only
+    /// `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` ask for, with no `Authorization` header. The
+    /// id is the secret (see `config::relative_uri`); an unknown one is 404 like any other
+    /// path, so probing learns nothing. Audited with the id's fingerprint in place of a
+    /// token's.
+    async fn relative<'a>(
+        &self,
+        rc: &RequestContext<'a>,
+        id: &str,
+        out: &mut Outcome,
+    ) -> Result<Arc<RenderedCredentials>, EcsError<'a>> {
+        let (req, snapshot) = (rc.request, rc.snapshot);
+        if req.method() != Method::GET {
+            return Err(Refused::MethodNotAllowed("GET").into());
+        }
+        if http::has_body(req) {
+            return Err(Refused::BodyNotAllowed.into());
+        }
+        let digest = TokenIndex::digest(id.as_bytes());
+        let slot = snapshot
+            .tokens
+            .role_for_path_id(&digest)
+            .and_then(|name| snapshot.roles.get(name))
+            .ok_or(Refused::NotFound)?;
+        out.audited = true;
+        out.caller.token_fingerprint = Some(fingerprint(&digest));
+        out.role = Some(Arc::clone(slot));
+        self.serve(rc, slot, slot).await
+    }
+
+    /// The rest of a request whose token is a verified service-account token: pick the role
+    /// (named, or the one the service account maps to), check it admits the caller, then
+    /// serve the caller's session.
+    async fn workload<'a>(
+        &self,
+        rc: &RequestContext<'a>,
+        name: Option<&'a str>,
+        workload: &Workload,
+        out: &mut Outcome,
+    ) -> Result<Arc<RenderedCredentials>, EcsError<'a>> {
+        let snapshot = rc.snapshot;
+        let account = || Arc::clone(&workload.service_account_key);
+        let slot = match name {
+            Some(name) => {
+                let slot = snapshot
+                    .roles
+                    .get(name)
+                    .ok_or(EcsError::UnknownRole(name))?;
+                if !identity::role_admits(&slot.config, workload) {
+                    out.role = Some(Arc::clone(slot));
+                    return Err(EcsError::WorkloadNotAllowed {
+                        account: account(),
+                        role: name,
+                    });
+                }
+                slot
+            }
+            None => {
+                let mut allowed = snapshot
+                    .config
+                    .roles
+                    .iter()
+                    .filter(|r| identity::role_admits(r, workload));
+                match (allowed.next(), allowed.next()) {
+                    (Some(r), None) => snapshot.roles.get(&r.name).ok_or(Refused::NotFound)?,
+                    (None, _) => return Err(EcsError::WorkloadHasNoRole(account())),
+                    (Some(a), Some(b)) => {
+                        return Err(EcsError::WorkloadHasSeveralRoles {
+                            account: account(),
+                            first: &a.name,
+                            second: &b.name,
+                        });
+                    }
+                }
+            }
+        };
+        let caller = SessionCaller {
+            facts: WorkloadFacts {
+                namespace: &workload.namespace,
+                service_account: &workload.service_account,
+                pod_name: &workload.pod_name,
+                pod_uid: &workload.pod_uid,
+            },
+            cluster: snapshot
+                .kubernetes
+                .as_ref()
+                .and_then(|k| k.verifier.config().cluster_name.as_deref()),
+            service_account_key: &workload.service_account_key,
+            pod_key: &workload.pod_key,
+        };
+        let session = self
+            .context
+            .sessions
+            .slot_for(slot, &caller, &self.context.metrics);
+        out.role = Some(Arc::clone(&session));
+        self.serve(rc, slot, &session).await
+    }
+}
+
+/// A request without `Authorization`: the role's slot when the socket's owner is one of its
+/// `local_users`. Like a token, a local user is told which roles exist (404) and which it may
+/// not fetch (403); anyone else learns nothing (401).
+fn local_caller<'a>(
+    snapshot: &'a Snapshot,
+    name: Option<&'a str>,
+    owner: Option<&SocketOwner>,
+    out: &mut Outcome,
+) -> Result<&'a Arc<RoleSlot>, EcsError<'a>> {
+    let local = snapshot.local.caller(owner);
+    out.caller.uid = local.uid();
+    let caller = match local {
+        Local::Caller(c) => c,
+        Local::Unlisted(_) => return Err(EcsError::MissingAuthorization),
+        Local::Unattributed(why) => {
+            out.caller.unattributed = Some(why);
+            return Err(EcsError::MissingAuthorization);
+        }
     };
-    http::error_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "CredentialsUnavailable",
-        &message,
-    )
+    out.caller.user = caller.user.clone();
+    // Role-less (`/v1/credentials`): the local user's own role.
+    let name: &str = name.unwrap_or(&caller.role);
+    let slot = snapshot
+        .roles
+        .get(name)
+        .ok_or(EcsError::UnknownRole(name))?;
+    out.role = Some(Arc::clone(slot));
+    if *caller.role != *name {
+        return Err(EcsError::LocalUserNotAllowed { caller, role: name });
+    }
+    Ok(slot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::creds::{ErrorClass, FetchError};
+
+    #[test]
+    fn refusal_messages_and_codes_are_the_documented_ones() {
+        let caller = LocalCaller {
+            uid: 2001,
+            user: Some(Arc::from("alice")),
+            role: Arc::from("billing"),
+        };
+        let uid_only = LocalCaller {
+            user: None,
+            ..caller.clone()
+        };
+        let account: Arc<str> = Arc::from("team-a/web");
+        let cases: Vec<(EcsError<'_>, u16, &str, &str)> = vec![
+            (
+                EcsError::MissingAuthorization,
+                401,
+                "Unauthorized",
+                "missing Authorization header (set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE)",
+            ),
+            (
+                EcsError::UnknownToken,
+                401,
+                "Unauthorized",
+                "the authorization token is not valid",
+            ),
+            (
+                EcsError::TokenRefused(Reason::Expired),
+                401,
+                "InvalidToken",
+                "the service-account token was refused (expired): ",
+            ),
+            (
+                EcsError::UnknownRole("x"),
+                404,
+                "NotFound",
+                "no role named \"x\"",
+            ),
+            (
+                EcsError::TokenHasSeveralRoles(3),
+                403,
+                "AccessDenied",
+                "the authorization token may fetch 3 roles; name one: /v1/credentials/{role}",
+            ),
+            (
+                EcsError::TokenNotAllowed("app"),
+                403,
+                "AccessDenied",
+                "the authorization token is not allowed role \"app\"",
+            ),
+            (
+                EcsError::LocalUserNotAllowed {
+                    caller: &caller,
+                    role: "app",
+                },
+                403,
+                "AccessDenied",
+                "local user \"alice\" is not allowed role \"app\"",
+            ),
+            (
+                EcsError::LocalUserNotAllowed {
+                    caller: &uid_only,
+                    role: "app",
+                },
+                403,
+                "AccessDenied",
+                "local UID 2001 is not allowed role \"app\"",
+            ),
+            (
+                EcsError::WorkloadNotAllowed {
+                    account: Arc::clone(&account),
+                    role: "app",
+                },
+                403,
+                "AccessDenied",
+                "service account team-a/web is not allowed role \"app\"",
+            ),
+            (
+                EcsError::WorkloadHasNoRole(Arc::clone(&account)),
+                403,
+                "AccessDenied",
+                "service account team-a/web is not allowed any role",
+            ),
+            (
+                EcsError::WorkloadHasSeveralRoles {
+                    account,
+                    first: "a",
+                    second: "b",
+                },
+                403,
+                "AccessDenied",
+                "service account team-a/web may use several roles (a, b, ...); name one: /v1/credentials/{role}",
+            ),
+            (
+                EcsError::Unavailable {
+                    role: "app",
+                    why: CacheError::TimedOut,
+                },
+                503,
+                "CredentialsUnavailable",
+                "credentials for role \"app\" are unavailable: STS did not answer in time (a retry may succeed)",
+            ),
+            (
+                EcsError::Refused(Refused::NotFound),
+                404,
+                "NotFound",
+                "no such path",
+            ),
+        ];
+        for (error, status, code, message) in cases {
+            assert_eq!(error.status().as_u16(), status, "{error:?}");
+            assert_eq!(error.code(), code, "{error:?}");
+            assert!(error.to_string().starts_with(message), "{error}");
+        }
+        let denied = FetchError::new(
+            ErrorClass::AccessDenied,
+            Some("AccessDenied".into()),
+            "not allowed",
+        );
+        let message = EcsError::Unavailable {
+            role: "app",
+            why: CacheError::Fetch(denied),
+        }
+        .to_string();
+        assert!(
+            message.starts_with("credentials for role \"app\" are unavailable: ")
+                && message.ends_with(
+                    " (retrying will not help until the IAM or broker configuration changes)"
+                ),
+            "{message}"
+        );
+        assert_eq!(
+            EcsError::from(Refused::MethodNotAllowed("GET"))
+                .response()
+                .headers()[hyper::header::ALLOW],
+            "GET"
+        );
+    }
 }

@@ -1,5 +1,6 @@
-//! What every listener shares: the accept loop, connection limits, graceful drain, the
-//! `Host` check and JSON error bodies.
+//! What every listener shares: the accept loop, connection limits, graceful drain and the
+//! `Host` check. Each accepted request goes to [`handler::handle`], which answers it through
+//! the listener's [`Handler`] and records it.
 //!
 //! - HTTP/1.1 only, keep-alive on, `TCP_NODELAY` on (small responses, latency matters).
 //! - Request headers must arrive within [`HEADER_READ_TIMEOUT`] (slowloris) and fit in
@@ -14,17 +15,14 @@
 //!   progress and are then closed (hyper-util `GracefulShutdown`).
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
+use hyper::Request;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use hyper::header::HOST;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -33,7 +31,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock;
 use crate::identity::SocketOwner;
-use crate::metrics::Metrics;
+use crate::server::Endpoint;
+use crate::server::handler::{self, Handler};
+use crate::server::response::{JsonError, Refused};
+use crate::server::write_timeout::WriteTimeout;
 
 /// Headers not complete within this are cut off (DESIGN §3).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,9 +45,6 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// How many peers the rate limiter remembers; the least recently seen are forgotten first.
 const RATE_LIMIT_PEERS: u64 = 65_536;
-
-/// The body type of every response.
-pub type Body = Full<Bytes>;
 
 /// Sets the IP TTL (IPv4) or unicast hop limit (IPv6) of a socket's packets. An IPv6 socket
 /// gets both: a dual-stack `[::]` socket sends IPv4 packets to IPv4-mapped peers, and those
@@ -70,6 +68,7 @@ pub fn set_hop_limit(socket: socket2::SockRef<'_>, v6: bool, hops: u32) -> std::
 /// Per-listener limits, fixed for the listener's lifetime.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Connections served at once; further ones wait in the kernel's backlog.
     pub max_connections: usize,
     /// `Some`: requests beyond each peer's rate get 429.
     pub per_peer: Option<Arc<PeerLimiter>>,
@@ -79,14 +78,18 @@ pub struct Limits {
     pub allowed_sources: Arc<[ipnet::IpNet]>,
     /// `Some` on listeners whose callers may be attributed to their socket's owner (ECS and
     /// IMDS): each request carries its connection's [`SocketOwner`] as an extension.
-    pub owners: Option<Attribution>,
+    pub attribution: Option<Attribution>,
 }
 
-/// Whether to ask the kernel for a connection's owner as soon as it is accepted (some role
-/// has `local_users` now). When it says no, the owner is looked up on the first request that
-/// needs it, so that a reload adding `local_users` also covers connections already open.
+/// How a listener attributes callers to their socket's owner.
 #[derive(Clone)]
-pub struct Attribution(pub Arc<dyn Fn() -> bool + Send + Sync>);
+pub struct Attribution {
+    /// Whether to ask the kernel for a connection's owner as soon as it is accepted (some
+    /// role has `local_users` now). When it says no, the owner is looked up on the first
+    /// request that needs it, so that a reload adding `local_users` also covers connections
+    /// already open.
+    pub ask_at_accept: Arc<dyn Fn() -> bool + Send + Sync>,
+}
 
 impl std::fmt::Debug for Attribution {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -120,6 +123,7 @@ impl std::fmt::Debug for PeerLimiter {
 }
 
 impl PeerLimiter {
+    /// A limiter allowing each peer `rate` requests per second (validated positive, finite).
     pub fn new(rate: f64) -> PeerLimiter {
         let burst = NonZeroU32::new((rate * 2.0).round().clamp(1.0, f64::from(u32::MAX)) as u32)
             .unwrap_or(NonZeroU32::MIN);
@@ -147,18 +151,14 @@ impl PeerLimiter {
 
 /// Serves `listener` with `handler` until `cancel` fires, then drains open connections for
 /// at most `grace`.
-pub async fn serve<H, F>(
+pub async fn serve<H: Handler>(
     listener: TcpListener,
-    endpoint: &'static str,
-    handler: H,
+    handler: Arc<H>,
     cancel: CancellationToken,
     grace: Duration,
     limits: Limits,
-    metrics: Arc<Metrics>,
-) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
-{
+) {
+    let endpoint = H::ENDPOINT;
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let hop_limit = limits.hop_limit;
@@ -197,41 +197,47 @@ pub async fn serve<H, F>(
         if let Some(hops) = hop_limit
             && let Err(e) = set_hop_limit(socket2::SockRef::from(&stream), peer.is_ipv6(), hops)
         {
-            tracing::warn!(endpoint, error = %e, "cannot set the hop limit");
+            tracing::warn!(%endpoint, error = %e, "cannot set the hop limit");
         }
         // The original destination is read now, while the socket is at hand; the kernel is
         // asked for the owner once, in the connection's task before its first request.
-        let owner = limits.owners.as_ref().map(|attribution| {
+        let owner = limits.attribution.as_ref().map(|attribution| {
             let local = stream.local_addr().unwrap_or(peer);
             let owner = Arc::new(SocketOwner::accepted(&stream, peer, local));
-            (owner, (attribution.0)())
+            (owner, (attribution.ask_at_accept)())
         });
-        let handler = handler.clone();
+        let handler = Arc::clone(&handler);
         let per_peer = limits.per_peer.clone();
-        let metrics = Arc::clone(&metrics);
         let source_ok = limits.source_allowed(peer.ip());
         let request_owner = owner.as_ref().map(|(o, _)| Arc::clone(o));
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             if let Some(o) = &request_owner {
                 req.extensions_mut().insert(Arc::clone(o));
             }
+            let metrics = &handler.context().metrics;
+            // Refused before any handler: counted on their own (the first two) or as a
+            // request of no role, never audited.
             let refusal = if !source_ok {
                 metrics.observe_source_refused(endpoint);
-                Some(source_refused())
+                Some(Refused::SourceNotAllowed)
             } else if per_peer.as_ref().is_some_and(|l| !l.allow(peer.ip())) {
                 metrics.observe_rate_limited(endpoint);
-                Some(too_many_requests())
-            } else if let Some(resp) = ambiguous_head(&req) {
-                metrics.observe_request(endpoint, "", 400, Duration::ZERO);
-                Some(resp)
+                Some(Refused::TooManyRequests)
+            } else if let Some(why) = ambiguous_head(&req) {
+                metrics.observe_request(endpoint, "", why.status().as_u16(), Duration::ZERO);
+                Some(why)
             } else {
                 None
             };
-            let fut = refusal.is_none().then(|| handler(req, peer));
+            let answer = refusal
+                .is_none()
+                .then(|| handler::handle(Arc::clone(&handler), req, peer));
             async move {
-                Ok::<_, Infallible>(match fut {
-                    Some(fut) => fut.await,
-                    None => refusal.expect("a refusal when there is no handler"),
+                Ok::<_, Infallible>(match answer {
+                    Some(answer) => answer.await,
+                    None => refusal
+                        .expect("a refusal when there is no handler")
+                        .response(),
                 })
             }
         });
@@ -244,7 +250,7 @@ pub async fn serve<H, F>(
                 let _ = owner.uid();
             }
             if let Err(e) = watched.await {
-                tracing::debug!(endpoint, %peer, error = %e, "connection ended with an error");
+                tracing::debug!(%endpoint, %peer, error = %e, "connection ended with an error");
             }
             drop(permit);
         });
@@ -255,7 +261,7 @@ pub async fn serve<H, F>(
         .is_err()
     {
         tracing::warn!(
-            endpoint,
+            %endpoint,
             grace_s = grace.as_secs(),
             "connections still open after the grace period; closing them"
         );
@@ -282,7 +288,7 @@ impl AcceptErrors {
     }
 
     /// Logs (rate-limited) and returns how long to wait before accepting again.
-    fn failed(&mut self, endpoint: &'static str, e: &std::io::Error) -> Duration {
+    fn failed(&mut self, endpoint: Endpoint, e: &std::io::Error) -> Duration {
         let exhausted = matches!(
             e.raw_os_error(),
             Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
@@ -292,7 +298,7 @@ impl AcceptErrors {
             .is_none_or(|t| t.elapsed() >= Self::WARN_EVERY)
         {
             tracing::warn!(
-                endpoint,
+                %endpoint,
                 error = %e,
                 suppressed = self.suppressed,
                 "accept failed{}",
@@ -312,109 +318,10 @@ impl AcceptErrors {
     }
 }
 
-/// A stream whose writes must drain within a deadline.
-///
-/// The clock starts when the socket first refuses bytes (the client's window is full) and
-/// stops when a flush completes (hyper flushes at the end of every response), so a slow but
-/// reading client has `timeout` per stalled response, and one that stops reading gets a
-/// `TimedOut` error that ends the connection.
-pub struct WriteTimeout<S> {
-    inner: S,
-    timeout: Duration,
-    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<S> WriteTimeout<S> {
-    pub fn new(inner: S, timeout: Duration) -> WriteTimeout<S> {
-        WriteTimeout {
-            inner,
-            timeout,
-            deadline: None,
-        }
-    }
-
-    /// Called when a write is pending: arms the deadline, and fails once it has passed.
-    fn stalled(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        let timeout = self.timeout;
-        let sleep = self
-            .deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match sleep.as_mut().poll(cx) {
-            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the client did not read the response in time",
-            ))),
-            std::task::Poll::Pending => std::task::Poll::Pending,
-        }
-    }
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteTimeout<S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteTimeout<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
-            std::task::Poll::Pending => self.stalled(cx).map(|r| r.map(|()| 0)),
-            ready => ready,
-        }
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            std::task::Poll::Pending => self.stalled(cx).map(|r| r.map(|()| 0)),
-            ready => ready,
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match std::pin::Pin::new(&mut self.inner).poll_flush(cx) {
-            std::task::Poll::Pending => self.stalled(cx),
-            std::task::Poll::Ready(Ok(())) => {
-                self.deadline = None;
-                std::task::Poll::Ready(Ok(()))
-            }
-            err => err,
-        }
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match std::pin::Pin::new(&mut self.inner).poll_shutdown(cx) {
-            std::task::Poll::Pending => self.stalled(cx),
-            ready => ready,
-        }
-    }
-}
-
 /// Request heads that are ambiguous are refused before any handler sees them (400): two
 /// `Host` or two `Authorization` headers (which one would a proxy in front have checked?),
 /// and an HTTP/1.1 request without `Host` (RFC 9112 §3.2 requires one). HTTP/1.0 may omit it.
-pub fn ambiguous_head<B>(req: &Request<B>) -> Option<Response<Body>> {
+pub fn ambiguous_head<B>(req: &Request<B>) -> Option<Refused> {
     let h = req.headers();
     let hosts = h.get_all(HOST).iter().count();
     let why = if hosts > 1 {
@@ -426,7 +333,7 @@ pub fn ambiguous_head<B>(req: &Request<B>) -> Option<Response<Body>> {
     } else {
         return None;
     };
-    Some(error_response(StatusCode::BAD_REQUEST, "BadRequest", why))
+    Some(Refused::AmbiguousHead(why))
 }
 
 /// DNS-rebinding defence: accept a `Host` that is an IP literal, `localhost`, or one of
@@ -465,63 +372,6 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-/// A JSON error body `{"Code","Message"}` with `status`.
-pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({ "Code": code, "Message": message }).to_string();
-    json_response(status, Bytes::from(body))
-}
-
-/// `status` with a JSON body.
-pub fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
-    let mut resp = Response::new(Full::new(body));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
-}
-
-/// 405 with the `Allow` header.
-pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
-    let mut resp = error_response(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "MethodNotAllowed",
-        &format!("only {allow} is allowed here"),
-    );
-    resp.headers_mut()
-        .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
-    resp
-}
-
-/// 403 for a `Host` that failed [`host_allowed`].
-pub fn forbidden_host() -> Response<Body> {
-    error_response(
-        StatusCode::FORBIDDEN,
-        "InvalidHost",
-        "the Host header must be an IP address, localhost or a name in allowed_hosts",
-    )
-}
-
-/// 403 for a peer outside the listener's `allowed_sources`.
-fn source_refused() -> Response<Body> {
-    error_response(
-        StatusCode::FORBIDDEN,
-        "SourceNotAllowed",
-        "this listener does not serve clients from this network (allowed_sources)",
-    )
-}
-
-/// 429 for a peer over its rate.
-fn too_many_requests() -> Response<Body> {
-    let mut resp = error_response(
-        StatusCode::TOO_MANY_REQUESTS,
-        "TooManyRequests",
-        "this client exceeded the per-peer request rate; slow down",
-    );
-    resp.headers_mut()
-        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
-    resp
-}
-
 /// Whether the request carries a body (credential paths accept none).
 pub fn has_body<B>(req: &Request<B>) -> bool {
     let headers = req.headers();
@@ -529,20 +379,6 @@ pub fn has_body<B>(req: &Request<B>) -> bool {
         || headers
             .get(hyper::header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0")
-}
-
-/// 400 for a request body where none is accepted.
-pub fn body_not_allowed() -> Response<Body> {
-    error_response(
-        StatusCode::BAD_REQUEST,
-        "BodyNotAllowed",
-        "requests to this path must not carry a body",
-    )
-}
-
-/// 404 for any path the listener does not serve.
-pub fn not_found() -> Response<Body> {
-    error_response(StatusCode::NOT_FOUND, "NotFound", "no such path")
 }
 
 #[cfg(test)]
@@ -579,7 +415,7 @@ mod tests {
             per_peer: None,
             hop_limit: None,
             allowed_sources: nets.iter().map(|n| n.parse().unwrap()).collect(),
-            owners: None,
+            attribution: None,
         };
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let lo = limits(&["127.0.0.0/8", "::1/128"]);
@@ -629,7 +465,7 @@ mod tests {
             let got = ambiguous_head(&build(version, headers));
             assert_eq!(got.is_some(), refused, "{version:?} {headers:?}");
             if let Some(r) = got {
-                assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+                assert_eq!(r.response().status(), hyper::StatusCode::BAD_REQUEST);
             }
         }
     }

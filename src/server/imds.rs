@@ -21,31 +21,25 @@
 //! one); a token lives exactly the TTL granted, to the millisecond. A flood of `PUT`s costs CPU, never memory; a restart invalidates
 //! tokens, and SDKs answer the 401 by fetching a new one.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
-use bytes::Bytes;
 use hmac::{KeyInit, Mac};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::HeaderValue;
+use hyper::{Method, Response, StatusCode};
 use subtle::ConstantTimeEq;
 
-use crate::audit::{AuditLog, AuditRecord};
-use crate::cache::{CredentialCache, RenderedCredentials, RoleSlot};
+use crate::cache::{CacheError, RenderedCredentials, RoleSlot};
 use crate::clock;
 use crate::config::ImdsConfig;
 use crate::identity::socket_owner::Local;
-use crate::identity::{SocketOwner, Unattributed};
-use crate::metrics::Metrics;
-use crate::server::http::{self, Body};
-use crate::state::Snapshot;
+use crate::server::Endpoint;
+use crate::server::handler::{Handler, ListenerContext, Outcome, RequestContext};
+use crate::server::http;
+use crate::server::response::Body;
+use crate::server::response::{JsonError, Refused, text_response, with_content_type};
 use crate::wire::rfc3339;
 
-const ENDPOINT: &str = "imds";
 /// The request header carrying the requested token TTL, and the response header granting it.
 pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 /// The request header carrying the session token.
@@ -127,264 +121,254 @@ impl TokenSigner {
 /// Expiry (8) ‖ nonce (8) ‖ truncated HMAC (16), sent as 64 hex digits.
 const TOKEN_BYTES: usize = 32;
 
-/// What the IMDS handler reads.
+/// The IMDS listener's handler.
 #[derive(Debug)]
-pub struct ImdsContext {
-    pub state: Arc<ArcSwap<Snapshot>>,
-    pub cache: Arc<CredentialCache>,
-    pub metrics: Arc<Metrics>,
-    pub signer: TokenSigner,
-    pub audit: Option<AuditLog>,
+pub struct Imds {
+    context: ListenerContext,
+    /// Issues and checks the `PUT /latest/api/token` session tokens.
+    session_tokens: TokenSigner,
 }
 
-/// Answers one request.
-pub async fn handle(
-    ctx: Arc<ImdsContext>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<Body> {
-    let started = clock::instant();
-    let snap = ctx.state.load_full();
-    let owner = req.extensions().get::<Arc<SocketOwner>>().cloned();
-    let mut who = Who::default();
-    let (resp, counted) = match &snap.config.imds {
-        Some(imds) => answer(&ctx, &snap, imds, &req, owner.as_deref(), &mut who).await,
-        None => (text(StatusCode::NOT_FOUND, "not found"), Counted::Anonymous),
-    };
-    let status = resp.status().as_u16();
-    let role = match &counted {
-        Counted::Role | Counted::Credentials { .. } => who.role.as_deref().unwrap_or(""),
-        Counted::Anonymous => "",
-    };
-    ctx.metrics
-        .observe_request(ENDPOINT, role, status, started.elapsed());
-    if status >= 400 {
-        tracing::debug!(
-            %peer,
-            status,
-            path = req.uri().path(),
-            uid = who.uid,
-            user = who.user.as_deref(),
-            unattributed = who.unattributed.map(Unattributed::as_str),
-            "imds request refused"
-        );
+impl Imds {
+    /// A handler reading `context`, with a fresh session-token key.
+    pub fn new(context: ListenerContext) -> Imds {
+        Imds {
+            context,
+            session_tokens: TokenSigner::generate(),
+        }
     }
-    if let (Some(audit), Counted::Credentials { slot, served }) = (&ctx.audit, counted) {
-        audit.record(AuditRecord {
-            workload: None,
-            time: clock::now(),
-            endpoint: ENDPOINT,
-            peer,
-            token_fingerprint: None,
-            uid: who.uid,
-            user: who.user,
-            slot: Some(slot),
-            served,
-            status,
-        });
+}
+
+/// Why an IMDS request got no answer; `Display` is the `text/plain` body (the listener-wide
+/// refusals keep their JSON bodies).
+#[derive(Debug, thiserror::Error)]
+enum ImdsError {
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error("requests relayed by a proxy are refused")]
+    Relayed,
+    #[error("requests must not carry a body")]
+    BodyNotAllowed,
+    #[error("missing or invalid X-aws-ec2-metadata-token-ttl-seconds (1..21600)")]
+    InvalidTtl,
+    #[error("a valid X-aws-ec2-metadata-token is required (PUT /latest/api/token first)")]
+    TokenRequired,
+    #[error("not found")]
+    NotFound,
+    #[error("credentials are below the IMDS min_remaining and could not be refreshed yet")]
+    BelowMinRemaining,
+    #[error("credentials unavailable: {}", unavailable_reason(.0))]
+    Unavailable(CacheError),
+    #[error("credentials for the IMDS role are being prepared; retry")]
+    NotRendered,
+}
+
+impl ImdsError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ImdsError::Refused(r) => r.status(),
+            ImdsError::Relayed => StatusCode::FORBIDDEN,
+            ImdsError::BodyNotAllowed | ImdsError::InvalidTtl => StatusCode::BAD_REQUEST,
+            ImdsError::TokenRequired => StatusCode::UNAUTHORIZED,
+            ImdsError::NotFound => StatusCode::NOT_FOUND,
+            ImdsError::BelowMinRemaining | ImdsError::Unavailable(_) | ImdsError::NotRendered => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
     }
-    resp
+
+    fn response(&self) -> Response<Body> {
+        match self {
+            ImdsError::Refused(r) => r.response(),
+            other => text_response(other.status(), &other.to_string()),
+        }
+    }
 }
 
-/// Who a credentials request came from, for metrics, logs and the audit trail.
-#[derive(Default)]
-struct Who {
-    /// The role the caller gets: its `local_users` role, else the `[imds] role`.
-    role: Option<Arc<str>>,
-    uid: Option<u32>,
-    user: Option<Arc<str>>,
-    unattributed: Option<Unattributed>,
+fn unavailable_reason(why: &CacheError) -> String {
+    match why {
+        CacheError::Fetch(f) => f.to_string(),
+        CacheError::TimedOut => "STS did not answer in time".to_string(),
+    }
 }
 
-/// How a response is counted: under the caller's role label or not, and whether it is a
-/// credentials response for the audit trail.
-enum Counted {
-    Anonymous,
-    Role,
-    Credentials {
-        slot: Arc<RoleSlot>,
-        served: Option<Arc<RenderedCredentials>>,
-    },
+/// What a successful IMDS request gets, and how it is counted.
+enum Answer {
+    /// Not counted under a role.
+    Anonymous(Response<Body>),
+    /// About the caller's role (its name, its instance profile): counted under it.
+    AboutRole(Response<Body>, Arc<RoleSlot>),
+    /// The role's credentials: counted and audited.
+    Credentials(Arc<RenderedCredentials>, bool),
 }
 
 fn epoch_ms(t: SystemTime) -> u64 {
     u64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The response, and whether it is counted under the caller's role label; fills `who`.
-async fn answer(
-    ctx: &ImdsContext,
-    snap: &Snapshot,
-    imds: &ImdsConfig,
-    req: &Request<Incoming>,
-    owner: Option<&SocketOwner>,
-    who: &mut Who,
-) -> (Response<Body>, Counted) {
-    // `Forwarded` (RFC 7239) is the standard spelling of the same relay.
-    if req.headers().contains_key("x-forwarded-for") || req.headers().contains_key("forwarded") {
-        return (
-            text(
-                StatusCode::FORBIDDEN,
-                "requests relayed by a proxy are refused",
-            ),
-            Counted::Anonymous,
-        );
+impl Handler for Imds {
+    const ENDPOINT: Endpoint = Endpoint::Imds;
+
+    fn context(&self) -> &ListenerContext {
+        &self.context
     }
-    if !http::host_allowed(req, &imds.listener.allowed_hosts) {
-        return (http::forbidden_host(), Counted::Anonymous);
-    }
-    if http::has_body(req) {
-        return (
-            text(StatusCode::BAD_REQUEST, "requests must not carry a body"),
-            Counted::Anonymous,
-        );
-    }
-    let path = req.uri().path();
-    let path = path.strip_suffix('/').unwrap_or(path);
-    if path == TOKEN_PATH {
-        return if req.method() == Method::PUT {
-            (issue_token(ctx, imds, req), Counted::Anonymous)
-        } else {
-            (http::method_not_allowed("PUT"), Counted::Anonymous)
+
+    async fn answer(&self, request: &RequestContext<'_>) -> Outcome {
+        let Some(imds) = &request.snapshot.config.imds else {
+            return Outcome::answered(ImdsError::NotFound.response());
         };
+        let mut out = Outcome::default();
+        out.response = match self.route(request, imds, &mut out).await {
+            Ok(Answer::Anonymous(resp)) => resp,
+            Ok(Answer::AboutRole(resp, role)) => {
+                out.role = Some(role);
+                resp
+            }
+            Ok(Answer::Credentials(credentials, extended)) => {
+                let resp = credentials_response(&credentials, extended);
+                out.credentials = Some(credentials);
+                resp
+            }
+            Err(e) => e.response(),
+        };
+        out
     }
-    if req.method() != Method::GET {
-        return (http::method_not_allowed("GET"), Counted::Anonymous);
-    }
-    let now = clock::now();
-    let token_ok = req
-        .headers()
-        .get(TOKEN_HEADER)
-        .is_some_and(|t| ctx.signer.verify(t.as_bytes(), epoch_ms(now)));
-    if !token_ok && !imds.allow_v1 {
-        return (
-            text(
-                StatusCode::UNAUTHORIZED,
-                "a valid X-aws-ec2-metadata-token is required (PUT /latest/api/token first)",
-            ),
-            Counted::Anonymous,
-        );
-    }
-    // The caller's role: its socket owner's `local_users` role, else the instance's role.
-    let local = snap.local.caller(owner);
-    who.uid = local.uid();
-    if let Local::Caller(c) = local {
-        who.user = c.user.clone();
-        who.role = Some(Arc::clone(&c.role));
-    } else {
-        who.role = imds.role.as_deref().map(Arc::from);
-    }
-    if let Local::Unattributed(why) = local {
-        who.unattributed = Some(why);
-    }
-    let Some(role) = who.role.clone() else {
+}
+
+impl Imds {
+    /// The answer to one request; the caller (and, for credentials, the role and the audit
+    /// mark) go into `out` on the way.
+    async fn route(
+        &self,
+        rc: &RequestContext<'_>,
+        imds: &ImdsConfig,
+        out: &mut Outcome,
+    ) -> Result<Answer, ImdsError> {
+        let (req, snapshot) = (rc.request, rc.snapshot);
+        // `Forwarded` (RFC 7239) is the standard spelling of the same relay.
+        if req.headers().contains_key("x-forwarded-for") || req.headers().contains_key("forwarded")
+        {
+            return Err(ImdsError::Relayed);
+        }
+        if !http::host_allowed(req, &imds.listener.allowed_hosts) {
+            return Err(Refused::InvalidHost.into());
+        }
+        if http::has_body(req) {
+            return Err(ImdsError::BodyNotAllowed);
+        }
+        let path = req.uri().path();
+        let path = path.strip_suffix('/').unwrap_or(path);
+        if path == TOKEN_PATH {
+            if req.method() != Method::PUT {
+                return Err(Refused::MethodNotAllowed("PUT").into());
+            }
+            return self.issue_token(imds, req).map(Answer::Anonymous);
+        }
+        if req.method() != Method::GET {
+            return Err(Refused::MethodNotAllowed("GET").into());
+        }
+        let now = clock::now();
+        let token_ok = req
+            .headers()
+            .get(TOKEN_HEADER)
+            .is_some_and(|t| self.session_tokens.verify(t.as_bytes(), epoch_ms(now)));
+        if !token_ok && !imds.allow_v1 {
+            return Err(ImdsError::TokenRequired);
+        }
+        // The caller's role: its socket owner's `local_users` role, else the instance's role.
+        let local = snapshot.local.caller(rc.owner);
+        out.caller.uid = local.uid();
+        let role = match local {
+            Local::Caller(c) => {
+                out.caller.user = c.user.clone();
+                Some(&*c.role)
+            }
+            Local::Unattributed(why) => {
+                out.caller.unattributed = Some(why);
+                imds.role.as_deref()
+            }
+            Local::Unlisted(_) => imds.role.as_deref(),
+        };
         // No role for this caller: an instance without a profile.
-        return (text(StatusCode::NOT_FOUND, "not found"), Counted::Anonymous);
-    };
-    let role = &*role;
-    if path == CREDS_PREFIX {
-        return (text(StatusCode::OK, role), Counted::Role);
-    }
-    if path == INFO_PATH {
-        return (info(snap, role, now), Counted::Role);
-    }
-    let (name, extended) = if let Some(n) = path.strip_prefix(EXTENDED_PREFIX) {
-        (n, true)
-    } else if let Some(n) = path.strip_prefix(CREDS_PREFIX) {
-        (n, false)
-    } else {
-        return (text(StatusCode::NOT_FOUND, "not found"), Counted::Anonymous);
-    };
-    if name.strip_prefix('/') != Some(role) {
-        return (text(StatusCode::NOT_FOUND, "not found"), Counted::Anonymous);
-    }
-    let Some(slot) = snap.roles.get(role) else {
-        return (text(StatusCode::NOT_FOUND, "not found"), Counted::Anonymous);
-    };
-    let audited = |served: Option<Arc<RenderedCredentials>>| Counted::Credentials {
-        slot: Arc::clone(slot),
-        served,
-    };
-    let wait = snap.config.sts.timeout + Duration::from_secs(1);
-    let served = match ctx.cache.get(slot, wait).await {
-        Ok(s) if s.remaining(now) >= imds.min_remaining => s,
-        Ok(_) => {
-            return (
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "credentials are below the IMDS min_remaining and could not be refreshed yet",
-                ),
-                audited(None),
-            );
-        }
-        Err(e) => {
-            let why = match e {
-                crate::cache::CacheError::Fetch(f) => f.to_string(),
-                crate::cache::CacheError::TimedOut => "STS did not answer in time".to_string(),
+        let role = role.ok_or(ImdsError::NotFound)?;
+        let slot = snapshot.roles.get(role);
+        if path == CREDS_PREFIX || path == INFO_PATH {
+            let resp = if path == CREDS_PREFIX {
+                text_response(StatusCode::OK, role)
+            } else {
+                info(slot, role, now)
             };
-            return (
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("credentials unavailable: {why}"),
-                ),
-                audited(None),
-            );
+            return Ok(match slot {
+                Some(slot) => Answer::AboutRole(resp, Arc::clone(slot)),
+                None => Answer::Anonymous(resp),
+            });
         }
-    };
-    (credentials(&served, extended), audited(Some(served)))
+        let (name, extended) = if let Some(n) = path.strip_prefix(EXTENDED_PREFIX) {
+            (n, true)
+        } else if let Some(n) = path.strip_prefix(CREDS_PREFIX) {
+            (n, false)
+        } else {
+            return Err(ImdsError::NotFound);
+        };
+        if name.strip_prefix('/') != Some(role) {
+            return Err(ImdsError::NotFound);
+        }
+        let slot = slot.ok_or(ImdsError::NotFound)?;
+        out.role = Some(Arc::clone(slot));
+        out.audited = true;
+        match self.context.cache.get(slot, rc.cache_wait()).await {
+            Ok(s) if s.remaining(now) >= imds.min_remaining => Ok(Answer::Credentials(s, extended)),
+            Ok(_) => Err(ImdsError::BelowMinRemaining),
+            Err(e) => Err(ImdsError::Unavailable(e)),
+        }
+    }
+
+    fn issue_token(
+        &self,
+        imds: &ImdsConfig,
+        req: &hyper::Request<hyper::body::Incoming>,
+    ) -> Result<Response<Body>, ImdsError> {
+        let requested = req
+            .headers()
+            .get(TTL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|ttl| (1..=MAX_TTL_SECONDS).contains(ttl))
+            .ok_or(ImdsError::InvalidTtl)?;
+        let granted = requested.min(imds.max_token_ttl.as_secs().max(1));
+        let token = self
+            .session_tokens
+            .issue(epoch_ms(clock::now()).saturating_add(granted * 1000));
+        let mut resp = text_response(StatusCode::OK, &token);
+        resp.headers_mut()
+            .insert(TTL_HEADER, HeaderValue::from(granted));
+        Ok(resp)
+    }
 }
 
-fn issue_token(ctx: &ImdsContext, imds: &ImdsConfig, req: &Request<Incoming>) -> Response<Body> {
-    let requested = req
-        .headers()
-        .get(TTL_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|ttl| (1..=MAX_TTL_SECONDS).contains(ttl));
-    let Some(requested) = requested else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "missing or invalid X-aws-ec2-metadata-token-ttl-seconds (1..21600)",
-        );
-    };
-    let granted = requested.min(imds.max_token_ttl.as_secs().max(1));
-    let token = ctx
-        .signer
-        .issue(epoch_ms(clock::now()).saturating_add(granted * 1000));
-    let mut resp = text(StatusCode::OK, &token);
-    resp.headers_mut()
-        .insert(TTL_HEADER, HeaderValue::from(granted));
-    resp
-}
-
-fn credentials(served: &RenderedCredentials, extended: bool) -> Response<Body> {
+/// The pre-rendered credentials body: `security-credentials/{name}`, or `-extended/{name}`.
+fn credentials_response(served: &RenderedCredentials, extended: bool) -> Response<Body> {
     let Some((plain, with_account)) = &served.imds_bodies else {
         // Rendered before this role became the IMDS role; the next refresh renders them.
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "credentials for the IMDS role are being prepared; retry",
-        );
+        return ImdsError::NotRendered.response();
     };
     let body = if extended {
         with_account.clone()
     } else {
         plain.clone()
     };
-    let mut resp = Response::new(Full::new(body));
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    resp
+    with_content_type(StatusCode::OK, body, "text/plain")
 }
 
 /// `iam/info`: the instance profile named after the role, in the role's account.
-fn info(snap: &Snapshot, role: &str, now: SystemTime) -> Response<Body> {
-    let Some(slot) = snap.roles.get(role) else {
-        return text(StatusCode::NOT_FOUND, "not found");
+fn info(slot: Option<&Arc<RoleSlot>>, role: &str, now: SystemTime) -> Response<Body> {
+    let Some(slot) = slot else {
+        return ImdsError::NotFound.response();
     };
     let spec = &slot.config.spec;
     // Only role kinds have an instance profile to show.
     let (Some(arn), Some(account)) = (&spec.arn, &spec.account_id) else {
-        return text(StatusCode::NOT_FOUND, "not found");
+        return ImdsError::NotFound.response();
     };
     let role_name = arn.rsplit('/').next().unwrap_or(role);
     let partition = arn.split(':').nth(1).unwrap_or("aws");
@@ -399,15 +383,7 @@ fn info(snap: &Snapshot, role: &str, now: SystemTime) -> Response<Body> {
         "InstanceProfileId": format!("AIPA{id}"),
     })
     .to_string();
-    text(StatusCode::OK, &body)
-}
-
-fn text(status: StatusCode, body: &str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    resp
+    text_response(StatusCode::OK, &body)
 }
 
 #[cfg(test)]

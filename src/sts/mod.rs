@@ -171,7 +171,7 @@ impl Sts {
     #[must_use]
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Sts {
         for (i, e) in self.set.endpoints().iter().enumerate() {
-            metrics.set_endpoint_healthy(&e.label, self.set.healthy(i));
+            metrics.set_sts_endpoint_healthy(&e.label, self.set.healthy(i));
         }
         self.metrics = Some(metrics);
         self
@@ -328,9 +328,9 @@ impl Sts {
         let now = clock::tokio_instant();
         let change = self.set.record(i, verdict, now);
         if let Some(m) = &self.metrics {
-            m.observe_endpoint_call(&endpoint.label, outcome, now.duration_since(started));
+            m.observe_sts_endpoint_call(&endpoint.label, outcome, now.duration_since(started));
             if let Some(healthy) = change {
-                m.set_endpoint_healthy(&endpoint.label, healthy);
+                m.set_sts_endpoint_healthy(&endpoint.label, healthy);
             }
         }
         match change {
