@@ -4,13 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use futures_util::StreamExt;
+use sts_broker::commands;
 use sts_broker::commands::{IamPolicyError, IamPolicyRequest};
 use sts_broker::config::{Config, DEFAULT_CONFIG_PATH, ENV_CONFIG, LoadContext};
+use sts_broker::daemon::{self, ServeError};
 use sts_broker::iam::{PolicyDocument, PolicyFormat};
 use sts_broker::logging::{self, LogFormat};
-use sts_broker::signals::{self, Control};
-use sts_broker::{Broker, commands};
 
 /// sysexits: the command line asks for something that does not exist.
 const EX_USAGE: u8 = 64;
@@ -212,13 +211,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The config file and every token file of the configuration now serving.
-fn watched_files(config: &std::path::Path, broker: &Broker) -> Vec<std::path::PathBuf> {
-    let mut files = vec![config.to_path_buf()];
-    files.extend(broker.token_files());
-    files
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -226,124 +218,18 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("building the tokio runtime")
 }
 
+/// `serve`: the library runs the daemon; this maps how it ended to an exit code.
 async fn serve(config: Config, ctx: LoadContext, watch: Option<std::time::Duration>) -> ExitCode {
-    for w in &config.warnings {
-        tracing::warn!(warning = %w, "configuration warning");
-    }
-    let path = config.path.clone();
-    let mut controls = match signals::controls() {
-        Ok(s) => s,
-        Err(e) => {
+    match daemon::serve(config, ctx, watch).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ServeError::Signals(e)) => {
             tracing::error!(error = %e, "cannot install signal handlers");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    let broker = match Broker::start(config).await {
-        Ok(b) => b,
-        Err(e) => {
+        Err(ServeError::Start(e)) => {
             tracing::error!(error = %e, "cannot start");
             eprintln!("sts-broker: {e}");
-            return ExitCode::from(EX_UNAVAILABLE);
-        }
-    };
-    // The supervisor borrows the broker; it ends before the broker is shut down.
-    {
-        let supervise = sts_broker::systemd::supervise(&broker);
-        tokio::pin!(supervise);
-        let mut watcher = watch.zip(path.clone()).map(|(every, path)| {
-            tracing::info!(every_s = every.as_secs_f64(), config = %path.display(), "watching the config and token files for changes");
-            let mut w = signals::FileWatch::new(every);
-            w.changed(&watched_files(&path, &broker));
-            (w, path)
-        });
-        loop {
-            let control = tokio::select! {
-                c = controls.next() => match c {
-                    Some(c) => c,
-                    None => break,
-                },
-                () = &mut supervise => continue,
-                changed = async {
-                    match &mut watcher {
-                        Some((w, path)) => {
-                            w.tick().await;
-                            w.changed(&watched_files(path, &broker))
-                        }
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    if !changed {
-                        continue;
-                    }
-                    tracing::info!("config or token file changed: reloading");
-                    Control::Reload
-                }
-            };
-            match control {
-                Control::Reload => {
-                    broker.reopen_audit().await;
-                    let Some(path) = &path else { continue };
-                    // Reading the files runs on the blocking pool, and this loop keeps
-                    // answering signals meanwhile: a file that blocks (or is huge) cannot
-                    // make SIGTERM go unheard.
-                    let (load_path, load_ctx) = (path.clone(), ctx.clone());
-                    let load =
-                        tokio::task::spawn_blocking(move || Config::load(&load_path, &load_ctx));
-                    tokio::pin!(load);
-                    let loaded = loop {
-                        tokio::select! {
-                            r = &mut load => break Some(r),
-                            c = controls.next() => match c {
-                                Some(Control::Shutdown) | None => break None,
-                                Some(Control::Reload) => {
-                                    tracing::warn!("reload requested while one is running; ignored");
-                                }
-                            },
-                        }
-                    };
-                    let Some(loaded) = loaded else { break };
-                    let loaded = loaded.unwrap_or_else(|e| {
-                        Err(sts_broker::config::ConfigErrors(vec![
-                            sts_broker::config::ConfigError {
-                                origin: path.display().to_string(),
-                                scope: sts_broker::config::Scope::File,
-                                key: None,
-                                message: format!("reading the config failed: {e}"),
-                            },
-                        ]))
-                    });
-                    let result = match loaded {
-                        Ok(new) => broker.reload(new).await,
-                        Err(e) => {
-                            let e = sts_broker::ReloadError::Invalid(e);
-                            broker.metrics().observe_reload("error");
-                            Err(e)
-                        }
-                    };
-                    match result {
-                        Ok(()) => sts_broker::systemd::status(
-                            "serving credentials (configuration reloaded)",
-                        ),
-                        Err(e) => {
-                            tracing::error!(error = %e, "reload failed; the previous configuration keeps serving");
-                            sts_broker::systemd::status(
-                                "reload failed; previous configuration serving",
-                            );
-                        }
-                    }
-                }
-                Control::Shutdown => break,
-            }
-        }
-    }
-    tracing::info!("shutting down: draining connections");
-    sts_broker::systemd::stopping();
-    // A second SIGTERM/SIGINT while draining exits at once.
-    tokio::select! {
-        () = broker.shutdown() => ExitCode::SUCCESS,
-        _ = async { while let Some(c) = controls.next().await { if c == Control::Shutdown { break; } } } => {
-            tracing::warn!("second shutdown signal: exiting without waiting");
-            ExitCode::SUCCESS
+            ExitCode::from(EX_UNAVAILABLE)
         }
     }
 }

@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CredentialCache, RoleSlot};
 use crate::clock;
-use crate::config::{Config, RefreshConfig};
+use crate::config::RefreshConfig;
 use crate::creds::ErrorClass;
+use crate::state::Snapshot;
 
 mod fetcher;
 
@@ -82,7 +83,7 @@ pub fn backoff(failures: u32, class: ErrorClass, cfg: &RefreshConfig, u: f64) ->
 pub async fn role_loop(
     cache: Arc<CredentialCache>,
     slot: Arc<RoleSlot>,
-    config: Arc<ArcSwap<Config>>,
+    state: Arc<ArcSwap<Snapshot>>,
     cancel: CancellationToken,
     first_delay: Duration,
 ) {
@@ -103,7 +104,7 @@ pub async fn role_loop(
     }
     loop {
         let now = clock::now();
-        let refresh = config.load().refresh.clone();
+        let refresh = state.load().config.refresh.clone();
         // Boxed: one of these futures lives per role; keep the idle state small.
         let due = match Box::pin(cache.peek(&slot.key)).await {
             Some(served) => refresh_due(

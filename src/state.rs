@@ -1,6 +1,8 @@
-//! What the request handlers read: one immutable [`Snapshot`] of the configuration, the role
-//! slots and the client-token index, swapped whole on reload (`arc-swap`: the hot path takes
-//! no lock a writer holds).
+//! The one configuration snapshot everything reads: the request handlers (role slots, token
+//! index, callers), the fetcher (the STS client and rate limit it calls with, `[sts]` and
+//! `[refresh]` settings) and the refresh loops (the schedule's `[refresh]`). A reload builds a
+//! new [`Snapshot`] and swaps it in whole (`arc-swap`: the hot path takes no lock a writer
+//! holds), so no reader ever sees half of the old configuration and half of the new.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,12 +15,20 @@ use crate::clock;
 use crate::config::Config;
 use crate::identity;
 use crate::identity::LocalUsers;
+use crate::refresh::Upstream;
 
-/// Everything a handler needs to answer, consistent within one request.
+/// Everything a handler, a fetch or a refresh loop needs, consistent within one request or
+/// one STS call. Published by the role supervisor (`supervisor.rs`) at start-up and on reload.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// The configuration now serving.
     pub config: Arc<Config>,
+    /// The STS client and broker-wide call rate the fetcher uses; rebuilt only when `[sts]`,
+    /// `[source]` or a broker-wide `revoke_before` changes (the rate survives the rebuild).
+    pub upstream: Arc<Upstream>,
+    /// The slot (key, status, cached credentials) of each configured role, by name.
     pub roles: HashMap<String, Arc<RoleSlot>>,
+    /// Client tokens and relative-URI path ids → roles.
     pub tokens: TokenIndex,
     /// Callers by socket owner (`local_users`).
     pub local: LocalUsers,
@@ -27,6 +37,20 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// A snapshot of `config` calling STS through `upstream`, with no roles started yet (the
+    /// role supervisor publishes the one with roles; tests of the fetcher and the refresh loop
+    /// need no more than this).
+    pub fn new(config: Arc<Config>, upstream: Arc<Upstream>) -> Snapshot {
+        Snapshot {
+            config,
+            upstream,
+            roles: HashMap::new(),
+            tokens: TokenIndex::default(),
+            local: LocalUsers::default(),
+            kubernetes: None,
+        }
+    }
+
     /// Prefetched roles that hold no servable credentials, sorted: what `/readyz` and the
     /// systemd readiness notification wait for. The roles IMDS serves (the `[imds]` role and
     /// every role with `local_users`) must also clear the stricter IMDS `min_remaining`:

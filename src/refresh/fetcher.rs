@@ -16,6 +16,7 @@ use crate::config::{Config, RefreshConfig};
 use crate::creds::{Credentials, ErrorClass, FetchError};
 use crate::metrics::Metrics;
 use crate::source;
+use crate::state::Snapshot;
 use crate::sts::Sts;
 use crate::sts::rate::AdaptiveRate;
 
@@ -47,8 +48,8 @@ pub struct Upstream {
 /// shape); requests and the audit trail are recorded by the handlers, not here.
 #[derive(Debug)]
 pub struct Fetcher {
-    upstream: Arc<ArcSwap<Upstream>>,
-    config: Arc<ArcSwap<Config>>,
+    /// The configuration snapshot: the STS client and the settings of each fetch.
+    state: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
 }
 
@@ -88,24 +89,18 @@ impl Fetch for Fetcher {
 }
 
 impl Fetcher {
-    /// A fetcher that reads the STS client and the configuration current at each fetch.
-    pub fn new(
-        upstream: Arc<ArcSwap<Upstream>>,
-        config: Arc<ArcSwap<Config>>,
-        metrics: Arc<Metrics>,
-    ) -> Arc<Fetcher> {
-        Arc::new(Fetcher {
-            upstream,
-            config,
-            metrics,
-        })
+    /// A fetcher that reads the STS client and the configuration current at each fetch, from
+    /// the one snapshot a reload swaps.
+    pub fn new(state: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>) -> Arc<Fetcher> {
+        Arc::new(Fetcher { state, metrics })
     }
 
-    /// The broker's current STS client and configuration.
+    /// The broker's current STS client and configuration (one snapshot: never half of each).
     fn settings(&self) -> Settings {
+        let snapshot = self.state.load();
         Settings {
-            upstream: self.upstream.load_full(),
-            config: self.config.load_full(),
+            upstream: Arc::clone(&snapshot.upstream),
+            config: Arc::clone(&snapshot.config),
         }
     }
 

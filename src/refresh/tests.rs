@@ -161,7 +161,7 @@ use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CacheError, Fetch, SlotUses};
-use crate::config::LoadContext;
+use crate::config::{Config, LoadContext};
 use crate::creds::{Credentials, FetchError, Secret};
 use crate::metrics::Metrics;
 
@@ -210,11 +210,24 @@ impl Fetch for Recorder {
     }
 }
 
+/// The snapshot a broker on `config` starts with: its STS client (never called by the
+/// `Recorder`; a fetch of the failing broker fails before it) and rate limit, no roles yet.
+async fn snapshot(config: Config) -> Arc<ArcSwap<Snapshot>> {
+    let upstream = Upstream {
+        sts: crate::source::build_sts(&config).await.unwrap(),
+        limiter: crate::sts::rate::AdaptiveRate::new(10.0, 10.0, false),
+    };
+    Arc::new(ArcSwap::from_pointee(Snapshot::new(
+        Arc::new(config),
+        Arc::new(upstream),
+    )))
+}
+
 /// Starts `role`'s refresh loop over `cache` (prefetched at once), as the broker does.
 fn spawn_loop(
     cache: &Arc<CredentialCache>,
     role: Arc<crate::config::RoleConfig>,
-    config: Arc<ArcSwap<Config>>,
+    state: Arc<ArcSwap<Snapshot>>,
 ) -> (
     Arc<RoleSlot>,
     CancellationToken,
@@ -225,7 +238,7 @@ fn spawn_loop(
     let task = tokio::spawn(role_loop(
         Arc::clone(cache),
         Arc::clone(&slot),
-        config,
+        state,
         cancel.clone(),
         Duration::ZERO,
     ));
@@ -253,7 +266,7 @@ async fn credentials_are_refreshed_at_the_due_time_and_not_before() {
     });
     let cache = CredentialCache::new(Arc::clone(&sts) as Arc<dyn Fetch>, min_remaining, 100);
     let start = clock::tokio_instant();
-    let (slot, cancel, task) = spawn_loop(&cache, role, Arc::new(ArcSwap::from_pointee(config)));
+    let (slot, cancel, task) = spawn_loop(&cache, role, snapshot(config).await);
     let secs = Duration::from_secs;
     let ms = Duration::from_millis;
     // Prefetched at once; nothing more until 100 s before expiry.
@@ -279,7 +292,7 @@ async fn credentials_are_refreshed_at_the_due_time_and_not_before() {
 /// fetched: its token file is gone, so every fetch fails in the fetcher's call step before it
 /// reaches STS. `more_roles` is appended to the config.
 struct FailingBroker {
-    config: Arc<ArcSwap<Config>>,
+    state: Arc<ArcSwap<Snapshot>>,
     cache: Arc<CredentialCache>,
     _dir: tempfile::TempDir,
 }
@@ -297,27 +310,19 @@ impl FailingBroker {
              tokens = [\"tok-0123456789abcdef\"]\n{more_roles}"
         ));
         std::fs::remove_file(&token).unwrap();
-        let upstream = Upstream {
-            sts: crate::source::build_sts(&config).await.unwrap(),
-            limiter: crate::sts::rate::AdaptiveRate::new(10.0, 10.0, false),
-        };
         let min_remaining = config.refresh.min_remaining;
-        let config = Arc::new(ArcSwap::from_pointee(config));
-        let fetcher = Fetcher::new(
-            Arc::new(ArcSwap::from_pointee(upstream)),
-            Arc::clone(&config),
-            Arc::new(Metrics::new()),
-        );
+        let state = snapshot(config).await;
+        let fetcher = Fetcher::new(Arc::clone(&state), Arc::new(Metrics::new()));
         FailingBroker {
             cache: CredentialCache::new(fetcher, min_remaining, 100),
-            config,
+            state,
             _dir: dir,
         }
     }
 
     fn role(&self, name: &str) -> Arc<crate::config::RoleConfig> {
-        let config = self.config.load();
-        let role = config.roles.iter().find(|r| r.name == name).unwrap();
+        let state = self.state.load();
+        let role = state.config.roles.iter().find(|r| r.name == name).unwrap();
         Arc::clone(role)
     }
 }
@@ -328,7 +333,7 @@ async fn a_failing_fetch_is_retried_after_the_backoff_and_not_earlier() {
     let broker = FailingBroker::start("").await;
     let cache = &broker.cache;
     let start = clock::instant();
-    let (slot, cancel, task) = spawn_loop(cache, broker.role("irsa"), Arc::clone(&broker.config));
+    let (slot, cancel, task) = spawn_loop(cache, broker.role("irsa"), Arc::clone(&broker.state));
     let ms = Duration::from_millis;
     let failures = || slot.status().consecutive_failures;
     let retry_at = || slot.status().retry_not_before.unwrap();
