@@ -15,6 +15,10 @@
 //!
 //! The server task (and every connection it serves) is aborted when the
 //! [`FakeSts`] is dropped.
+//!
+//! Expirations are computed from `sts_broker::clock::now()`: on a paused runtime that follows
+//! tokio's clock (`clock::follow_tokio_time()`), the fake and an in-process broker agree on
+//! the simulated time; everywhere else it is the system clock.
 
 #![allow(dead_code)]
 
@@ -25,7 +29,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -472,7 +476,7 @@ fn issue(params: &BTreeMap<String, String>, state: &Arc<Mutex<State>>) -> String
             .unwrap_or(3600);
         Duration::from_secs(secs)
     });
-    let expiration = humantime::format_rfc3339_seconds(SystemTime::now() + lifetime);
+    let expiration = humantime::format_rfc3339_seconds(sts_broker::clock::now() + lifetime);
     let marker = esc(&marker);
     let mut fields = [
         ("AccessKeyId", format!("ASIAFAKE{n:012}")),

@@ -139,15 +139,29 @@ pub fn role(name: &str, extra: &str) -> String {
 
 // === the broker process ===
 
-/// A running `sts-broker serve`, killed on drop.
-pub struct TestBroker {
-    child: Child,
-    pub config_path: PathBuf,
+/// Where a broker listens, and the requests tests make there. Both the process
+/// ([`TestBroker`]) and the in-process broker (`crate::inproc::InProcBroker`) deref to it.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
     pub ecs: SocketAddr,
     pub admin: SocketAddr,
     /// Set when the config has an `[imds]` table.
     pub imds: Option<SocketAddr>,
+}
+
+/// A running `sts-broker serve`, killed on drop.
+pub struct TestBroker {
+    child: Child,
+    pub config_path: PathBuf,
+    endpoints: Endpoints,
     logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl std::ops::Deref for TestBroker {
+    type Target = Endpoints;
+    fn deref(&self) -> &Endpoints {
+        &self.endpoints
+    }
 }
 
 /// Environment for the broker: nothing inherited but PATH; static source credentials.
@@ -230,9 +244,11 @@ impl TestBroker {
         let mut broker = TestBroker {
             child,
             config_path,
-            ecs: "0.0.0.0:0".parse().unwrap(),
-            admin: "0.0.0.0:0".parse().unwrap(),
-            imds: None,
+            endpoints: Endpoints {
+                ecs: "0.0.0.0:0".parse().unwrap(),
+                admin: "0.0.0.0:0".parse().unwrap(),
+                imds: None,
+            },
             logs,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -240,9 +256,11 @@ impl TestBroker {
             let (ecs, admin, imds) = broker.listen_addrs();
             if let (Some(e), Some(a)) = (ecs, admin) {
                 // The admin listener is announced last: every other address is known by now.
-                broker.ecs = e;
-                broker.admin = a;
-                broker.imds = imds;
+                broker.endpoints = Endpoints {
+                    ecs: e,
+                    admin: a,
+                    imds,
+                };
                 return broker;
             }
             if let Ok(Some(status)) = broker.child.try_wait() {
@@ -334,6 +352,24 @@ impl TestBroker {
         None
     }
 
+    /// Waits for `/readyz` to answer 200 (the logs in the failure message).
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let ok = eventually(timeout, || async {
+            self.admin_get("/readyz").await.status == 200
+        })
+        .await;
+        assert!(ok, "broker never became ready:\n{}", self.logs());
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Endpoints {
     /// `GET /v1/credentials/{role}` with `token`.
     pub async fn ecs_get(&self, role: &str, token: Option<&str>) -> HttpResponse {
         let mut headers = Vec::new();
@@ -410,7 +446,7 @@ impl TestBroker {
             self.admin_get("/readyz").await.status == 200
         })
         .await;
-        assert!(ok, "broker never became ready:\n{}", self.logs());
+        assert!(ok, "broker never became ready");
     }
 
     /// The value of a metric series (exact `name{labels}` prefix), if exported.
@@ -418,13 +454,6 @@ impl TestBroker {
         let text = self.admin_get("/metrics").await.body;
         text.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-    }
-}
-
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

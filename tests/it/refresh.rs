@@ -1,84 +1,109 @@
-//! Refresh ahead of expiry, serving through STS outages, min_remaining, back-off, and the
-//! classification of STS failures.
+//! Refresh ahead of expiry, serving through STS outages, min_remaining, back-off, single
+//! flight, reloads and the classification of STS failures.
+//!
+//! These run the broker in-process on a paused clock (`start_paused` + `follow_tokio_time`):
+//! credentials live a realistic hour, and the assertions say what happened at which simulated
+//! moment — STS call counts and the AccessKeyIds served — instead of waiting on short-lived
+//! credentials and polling.
 
 use std::time::Duration;
 
+use sts_broker::clock;
+
 use crate::fake_sts::{FakeSts, Scenario};
 use crate::helpers::*;
+use crate::inproc::spawn_broker;
+use crate::test_config::{Role, TestConfig};
 
-/// A config head with a custom `[refresh]` table.
-fn head_with_refresh(sts_url: &str, refresh: &str) -> String {
-    let head = config_head(sts_url);
-    let start = head.find("[refresh]").unwrap();
-    let end = head.find("[ecs]").unwrap();
-    format!("{}[refresh]\n{refresh}\n{}", &head[..start], &head[end..])
-}
+const MINUTE: Duration = Duration::from_secs(60);
 
-async fn served_key(broker: &TestBroker, role: &str) -> String {
+async fn served_key(broker: &Endpoints, role: &str) -> String {
     let r = broker.ecs_get(role, Some(TOKEN)).await;
     assert_eq!(r.status, 200, "{}", r.body);
     r.json()["AccessKeyId"].as_str().unwrap().to_string()
 }
 
-#[tokio::test]
-async fn credentials_are_refreshed_ahead_of_expiry() {
-    // STS issues 200 s credentials; lead 99% → refresh about 2 s after each issue.
-    let sts = FakeSts::start().await;
-    sts.set_lifetime(Duration::from_secs(200));
-    let dir = ConfigDir::new();
-    let config = head_with_refresh(
-        &sts.url(),
-        "lead = \"99%\"\nmin_remaining = \"1s\"\njitter = \"0s\"\nbackoff_min = \"100ms\"\nbackoff_max = \"1s\"",
-    ) + &role("app", "");
-    let broker = TestBroker::start(&dir, &config).await;
-    broker.wait_ready(Duration::from_secs(10)).await;
-    let first = served_key(&broker, "app").await;
+/// Lets simulated time pass (every timer due meanwhile fires, in order).
+async fn pass(d: Duration) {
+    tokio::time::sleep(d).await;
+}
 
-    assert!(
-        sts.wait_for_calls(3, Duration::from_secs(15)).await,
-        "refreshes happen ahead of expiry"
-    );
-    let later = served_key(&broker, "app").await;
-    assert_ne!(first, later, "the refreshed credentials are served");
+/// Waits for readiness on the paused clock: the first fetch takes a few simulated ms.
+async fn ready(broker: &Endpoints) {
+    for _ in 0..200 {
+        if broker.admin_get("/readyz").await.status == 200 {
+            return;
+        }
+        pass(Duration::from_millis(5)).await;
+    }
+    panic!("not ready after 1 simulated second");
+}
+
+/// The test config with one prefetched role `app` (1-hour credentials, `lead = "40m"`,
+/// `min_remaining = "15m"`, no jitter: refreshed 20 minutes after each issue).
+fn one_role(sts: &FakeSts) -> TestConfig {
+    TestConfig::new(&sts.url()).role(Role::new("app"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn credentials_are_refreshed_ahead_of_expiry() {
+    let _clock = clock::follow_tokio_time();
+    let sts = FakeSts::start().await;
+    let dir = ConfigDir::new();
+    let broker = spawn_broker(&dir, &one_role(&sts)).await;
+    ready(&broker).await;
+    let first = served_key(&broker, "app").await;
+    assert_eq!(sts.calls(), 1);
+
+    // Expiry 60 min after issue (RFC 3339 seconds: up to 1 s earlier), lead 40 min.
+    pass(20 * MINUTE - Duration::from_secs(2)).await;
+    assert_eq!(sts.calls(), 1, "not refreshed before its time");
+    assert_eq!(served_key(&broker, "app").await, first);
+    pass(Duration::from_secs(4)).await;
+    assert_eq!(sts.calls(), 2, "refreshed 20 minutes after issue");
+    let second = served_key(&broker, "app").await;
+    assert_ne!(first, second, "the refreshed credentials are served");
+    pass(20 * MINUTE).await;
+    assert_eq!(sts.calls(), 3, "and again 20 minutes later");
+    assert_ne!(served_key(&broker, "app").await, second);
     // No client ever waited: every request was answered from the cache.
     let status = broker.role_status("app").await;
     assert_eq!(status["consecutive_failures"], 0);
     assert!(status["last_refresh"].is_string());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_outage_serves_the_last_good_credentials_then_recovers() {
+    let _clock = clock::follow_tokio_time();
     let sts = FakeSts::start().await;
-    sts.set_lifetime(Duration::from_secs(200));
     let dir = ConfigDir::new();
-    let config = head_with_refresh(
-        &sts.url(),
-        "lead = \"99%\"\nmin_remaining = \"1s\"\njitter = \"0s\"\nbackoff_min = \"100ms\"\nbackoff_max = \"500ms\"",
-    ) + &role("app", "");
-    let broker = TestBroker::start(&dir, &config).await;
-    broker.wait_ready(Duration::from_secs(10)).await;
+    let config = one_role(&sts)
+        .refresh("backoff_min", "1s")
+        .refresh("backoff_max", "30s");
+    let broker = spawn_broker(&dir, &config).await;
+    ready(&broker).await;
     let good = served_key(&broker, "app").await;
 
-    // STS goes down; slow too, to prove warm requests never wait for it.
+    // STS goes down (and answers slowly) just before the refresh is due.
     sts.set_scenario(Scenario::ServiceUnavailable);
     sts.set_delay(Duration::from_millis(300));
+    pass(21 * MINUTE).await;
+    assert!(sts.calls() >= 4, "refresh retried: {} calls", sts.calls());
+    // Back-off: 1 s, 2 s, 4 s ... capped at 30 s, so 2 to 3 calls a minute at the cap.
     let before = sts.calls();
-    assert!(
-        sts.wait_for_calls(before + 3, Duration::from_secs(15))
-            .await,
-        "refresh retried"
-    );
-    let mut slowest = Duration::ZERO;
+    pass(5 * MINUTE).await;
+    let retries = sts.calls() - before;
+    assert!((10..=21).contains(&retries), "{retries} retries in 5 minutes");
+    // Warm requests never wait for the (slow) STS: no simulated time passes while answered.
     for _ in 0..20 {
-        let t = std::time::Instant::now();
+        let t = tokio::time::Instant::now();
         assert_eq!(
             served_key(&broker, "app").await,
             good,
             "stale but valid credentials are served"
         );
-        slowest = slowest.max(t.elapsed());
+        assert!(t.elapsed() < Duration::from_millis(300), "{:?}", t.elapsed());
     }
-    eprintln!("slowest warm request while STS was failing slowly: {slowest:?}");
     let status = broker.role_status("app").await;
     assert!(
         status["consecutive_failures"].as_u64().unwrap() >= 2,
@@ -101,23 +126,12 @@ async fn an_outage_serves_the_last_good_credentials_then_recovers() {
         "still ready while credentials last"
     );
 
-    // STS recovers: new credentials are served and the failure count resets.
+    // STS recovers: within one back-off step new credentials are served, failures reset.
     sts.set_scenario(Scenario::Ok);
     sts.set_delay(Duration::ZERO);
-    let recovered = eventually(Duration::from_secs(10), || async {
-        served_key(&broker, "app").await != good
-    })
-    .await;
-    assert!(
-        recovered,
-        "new credentials after recovery:\n{}",
-        broker.logs()
-    );
-    let ok = eventually(Duration::from_secs(5), || async {
-        broker.role_status("app").await["consecutive_failures"] == 0
-    })
-    .await;
-    assert!(ok);
+    pass(31 * Duration::from_secs(1)).await;
+    assert_ne!(served_key(&broker, "app").await, good, "new credentials");
+    assert_eq!(broker.role_status("app").await["consecutive_failures"], 0);
     assert!(
         broker
             .metric(
@@ -129,27 +143,26 @@ async fn an_outage_serves_the_last_good_credentials_then_recovers() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn below_min_remaining_clients_get_503_not_stale_credentials() {
+    let _clock = clock::follow_tokio_time();
     let sts = FakeSts::start().await;
-    // 6 s credentials, min_remaining 3 s: servable for 3 s after issue.
-    sts.set_lifetime(Duration::from_secs(6));
     let dir = ConfigDir::new();
-    let config = head_with_refresh(
-        &sts.url(),
-        "lead = \"50%\"\nmin_remaining = \"3s\"\njitter = \"0s\"\nbackoff_min = \"200ms\"\nbackoff_max = \"1s\"",
-    ) + &role("app", "");
-    let broker = TestBroker::start(&dir, &config).await;
-    broker.wait_ready(Duration::from_secs(10)).await;
-    served_key(&broker, "app").await;
+    let config = one_role(&sts)
+        .refresh("backoff_min", "1s")
+        .refresh("backoff_max", "1m");
+    let broker = spawn_broker(&dir, &config).await;
+    ready(&broker).await;
+    let good = served_key(&broker, "app").await;
 
+    // Throttled from the refresh on: the credentials serve until 45 minutes after issue
+    // (60 min lifetime - min_remaining 15 min), then clients get 503.
     sts.set_scenario(Scenario::Throttle);
-    let unavailable = eventually(Duration::from_secs(8), || async {
-        broker.ecs_get("app", Some(TOKEN)).await.status == 503
-    })
-    .await;
-    assert!(unavailable, "503 once the credentials reach min_remaining");
+    pass(44 * MINUTE).await;
+    assert_eq!(served_key(&broker, "app").await, good);
+    pass(2 * MINUTE).await;
     let r = broker.ecs_get("app", Some(TOKEN)).await;
+    assert_eq!(r.status, 503, "{}", r.body);
     let v = r.json();
     assert_eq!(v["Code"], "CredentialsUnavailable");
     let msg = v["Message"].as_str().unwrap();
@@ -165,24 +178,26 @@ async fn below_min_remaining_clients_get_503_not_stale_credentials() {
     );
 
     sts.set_scenario(Scenario::Ok);
-    let back = eventually(Duration::from_secs(8), || async {
-        broker.ecs_get("app", Some(TOKEN)).await.status == 200
-    })
-    .await;
-    assert!(back, "served again after STS recovers");
+    pass(MINUTE + Duration::from_secs(1)).await;
+    assert_ne!(
+        served_key(&broker, "app").await,
+        good,
+        "served again after STS recovers (within one backoff_max)"
+    );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn access_denied_backs_off_to_the_cap_without_hammering() {
+    let _clock = clock::follow_tokio_time();
     let sts = FakeSts::start().await;
     sts.set_scenario(Scenario::AccessDenied);
     let dir = ConfigDir::new();
-    let config = head_with_refresh(
-        &sts.url(),
-        "lead = \"40m\"\nmin_remaining = \"15m\"\njitter = \"0s\"\nbackoff_min = \"50ms\"\nbackoff_max = \"4s\"",
-    ) + &role("app", "");
-    let broker = TestBroker::start(&dir, &config).await;
-    assert!(sts.wait_for_calls(1, Duration::from_secs(5)).await);
+    let config = one_role(&sts)
+        .refresh("backoff_min", "50ms")
+        .refresh("backoff_max", "10m");
+    let broker = spawn_broker(&dir, &config).await;
+    pass(Duration::from_millis(100)).await;
+    assert_eq!(sts.calls(), 1);
 
     // Clients keep asking; the back-off gate answers without calling STS.
     for _ in 0..50 {
@@ -194,28 +209,111 @@ async fn access_denied_backs_off_to_the_cap_without_hammering() {
             "{msg}"
         );
     }
-    assert_eq!(
-        sts.calls(),
-        1,
-        "one call per backoff_max (4 s), not one per request"
-    );
     let status = broker.role_status("app").await;
     assert_eq!(status["last_error"]["class"], "access_denied", "{status}");
     assert_eq!(status["last_error"]["retryable"], false, "{status}");
     assert_eq!(broker.admin_get("/readyz").await.status, 503);
-    assert!(
-        sts.wait_for_calls(2, Duration::from_secs(15)).await,
-        "retried after backoff_max:\n{}",
-        broker.logs()
-    );
+    // Not retryable: straight to backoff_max (10 min), whatever the failure count.
+    pass(10 * MINUTE - Duration::from_secs(1)).await;
+    assert_eq!(sts.calls(), 1, "one call per backoff_max, not one per request");
+    pass(Duration::from_secs(2)).await;
+    assert_eq!(sts.calls(), 2, "retried after backoff_max");
+    pass(10 * MINUTE).await;
+    assert_eq!(sts.calls(), 3, "and every backoff_max after that");
 }
 
-#[tokio::test]
-async fn every_kind_of_sts_failure_is_classified() {
+/// N concurrent clients of a lazy role with nothing cached: one STS call, one set of
+/// credentials for all.
+#[tokio::test(start_paused = true)]
+async fn concurrent_cold_requests_make_one_sts_call() {
+    let _clock = clock::follow_tokio_time();
+    let sts = FakeSts::start().await;
+    sts.set_delay(Duration::from_millis(500));
+    let dir = ConfigDir::new();
+    let config = TestConfig::new(&sts.url()).role(Role::new("app").lazy());
+    let broker = spawn_broker(&dir, &config).await;
+    pass(MINUTE).await;
+    assert_eq!(sts.calls(), 0, "lazy: nothing assumed before a request");
+
+    let requests = (0..50).map(|_| broker.ecs_get("app", Some(TOKEN)));
+    let answers = futures_util::future::join_all(requests).await;
+    let keys: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 200, "{}", r.body);
+            r.json()["AccessKeyId"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(sts.calls(), 1, "one STS call for 50 cold requests");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    // Then kept warm like a prefetched role: refreshed 20 minutes after issue.
+    pass(21 * MINUTE).await;
+    assert_eq!(sts.calls(), 2);
+}
+
+/// A reload swaps the configuration the refresh loops read: a longer lead moves the next
+/// refresh of a kept role earlier, without re-assuming it at the reload. A bad file and a
+/// change that needs a restart are refused, counted, and leave the schedule alone.
+#[tokio::test(start_paused = true)]
+async fn a_reload_reschedules_kept_roles_and_bad_reloads_change_nothing() {
+    let _clock = clock::follow_tokio_time();
     let sts = FakeSts::start().await;
     let dir = ConfigDir::new();
-    let config = config_head(&sts.url()) + &role("app", "prefetch = false");
-    let broker = TestBroker::start(&dir, &config).await;
+    let config = one_role(&sts);
+    let broker = spawn_broker(&dir, &config).await;
+    ready(&broker).await;
+    let first = served_key(&broker, "app").await;
+    pass(5 * MINUTE).await;
+
+    // Invalid: refused with the role and key named; counted.
+    let bad = config.clone().with_role("app", |r| r.set("arn", "nope"));
+    let e = broker.reload(&bad).await.unwrap_err().to_string();
+    assert!(e.contains("role \"app\": key \"arn\""), "{e}");
+    // Needs a restart: rejected; counted apart.
+    let moved = config.clone().set("ecs", "listen", "127.0.0.2:0");
+    let e = broker.reload(&moved).await.unwrap_err().to_string();
+    assert!(e.contains("cannot change without a restart"), "{e}");
+    assert_eq!(
+        broker
+            .metric("sts_broker_config_reloads_total{outcome=\"error\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        broker
+            .metric("sts_broker_config_reloads_total{outcome=\"rejected\"}")
+            .await,
+        Some(1.0)
+    );
+
+    // lead 50 min: the kept role is now due 10 minutes after issue, not 20.
+    broker
+        .reload(&config.clone().refresh("lead", "50m"))
+        .await
+        .unwrap();
+    assert_eq!(
+        broker
+            .metric("sts_broker_config_reloads_total{outcome=\"ok\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(sts.calls(), 1, "a kept role is not re-assumed by the reload");
+    assert_eq!(served_key(&broker, "app").await, first);
+    pass(5 * MINUTE - Duration::from_secs(2)).await;
+    assert_eq!(sts.calls(), 1);
+    pass(Duration::from_secs(4)).await;
+    assert_eq!(sts.calls(), 2, "refreshed at issue + 10 min under the new lead");
+    assert_ne!(served_key(&broker, "app").await, first);
+    broker.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_kind_of_sts_failure_is_classified() {
+    let _clock = clock::follow_tokio_time();
+    let sts = FakeSts::start().await;
+    let dir = ConfigDir::new();
+    let config = TestConfig::new(&sts.url()).role(Role::new("app").lazy());
+    let broker = spawn_broker(&dir, &config).await;
     // (scenario, class, fragment of the message)
     let cases = [
         (Scenario::Throttle, "throttled", "Throttling"),
@@ -255,7 +353,7 @@ async fn every_kind_of_sts_failure_is_classified() {
         broker.admin_post("/v1/roles/app/refresh").await.status == 200
     })
     .await;
-    assert!(ok, "{}", broker.logs());
+    assert!(ok);
     assert_eq!(broker.role_status("app").await["consecutive_failures"], 0);
 }
 
@@ -263,8 +361,7 @@ async fn every_kind_of_sts_failure_is_classified() {
 async fn forced_refresh_re_assumes_at_once() {
     let sts = FakeSts::start().await;
     let dir = ConfigDir::new();
-    let config = config_head(&sts.url()) + &role("app", "");
-    let broker = TestBroker::start(&dir, &config).await;
+    let broker = spawn_broker(&dir, &one_role(&sts)).await;
     broker.wait_ready(Duration::from_secs(10)).await;
     let before = served_key(&broker, "app").await;
     let r = broker.admin_post("/v1/roles/app/refresh").await;
