@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -135,9 +135,10 @@ impl Drop for TestIssuer {
     }
 }
 
+/// Token times follow `sts_broker::clock::now()`: on a paused test clock, the simulated time.
 fn now() -> i64 {
     i64::try_from(
-        SystemTime::now()
+        sts_broker::clock::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs(),

@@ -14,35 +14,38 @@ use serde_json::json;
 
 use crate::fake_sts::{FakeSts, RecordedRequest};
 use crate::helpers::*;
+use crate::inproc::spawn_broker;
 use crate::issuer::{AUDIENCE, NODE, Pod, TestIssuer, raw_token, sign_with};
+use crate::test_config::{Role, TestConfig};
 
 /// A static client token with the three-part shape of a JWT.
 const JWT_SHAPED_STATIC: &str = "static-part1.static-part2.static-part3";
 
-/// `[kubernetes]` for `issuer` with keys from `jwks` (a file path, "discovery" or
-/// "api_server"), plus `extra` lines.
-pub fn k8s_table(issuer: &TestIssuer, jwks: &str, extra: &str) -> String {
-    format!(
-        "\n[kubernetes]\nissuer = \"{}\"\naudiences = [\"{AUDIENCE}\"]\njwks = \"{jwks}\"\ncluster_name = \"test-cluster\"\nnode_name = \"${{NODE_NAME}}\"\n{extra}\n",
-        issuer.url
-    )
+/// The test config with `[kubernetes]` for `issuer`, keys from `jwks` (a file path,
+/// "discovery" or "api_server"), on node [`NODE`]. No roles.
+pub fn k8s_config(sts_url: &str, issuer: &TestIssuer, jwks: &str) -> TestConfig {
+    TestConfig::new(sts_url).kubernetes(&issuer.url, AUDIENCE, jwks, NODE)
 }
 
-/// A role with `service_accounts` (and the static `TOKEN` too).
-pub fn sa_role(name: &str, accounts: &[&str], extra: &str) -> String {
-    let list: Vec<String> = accounts.iter().map(|a| format!("\"{a}\"")).collect();
-    role(
-        name,
-        &format!("service_accounts = [{}]\n{extra}", list.join(", ")),
-    )
+/// A role for `accounts` (and the static `TOKEN` too).
+pub fn sa_role(name: &str, accounts: &[&str]) -> Role {
+    Role::new(name).service_accounts(accounts)
 }
 
-pub async fn start_broker(dir: &ConfigDir, config: &str, log: &str) -> TestBroker {
-    TestBroker::start_wrapped(dir, config, log, &[], &[("NODE_NAME", NODE)]).await
+/// The binary on `config`, with `node_name` from the environment (`${NODE_NAME}`, expanded
+/// at load) as a pod's manifest sets it.
+pub async fn start_broker(dir: &ConfigDir, config: TestConfig, log: &str) -> TestBroker {
+    let config = config.set("kubernetes", "node_name", "${NODE_NAME}").render();
+    TestBroker::start_wrapped(dir, &config, log, &[], &[("NODE_NAME", NODE)]).await
+}
+
+/// The path of a file in `dir`, as a config value.
+fn path_of(p: &std::path::Path) -> String {
+    p.display().to_string()
 }
 
 /// `GET path` on the ECS listener with `token`.
-pub async fn ecs(broker: &TestBroker, path: &str, token: &str) -> HttpResponse {
+pub async fn ecs(broker: &Endpoints, path: &str, token: &str) -> HttpResponse {
     request(broker.ecs, "GET", path, &[("Authorization", token)]).await
 }
 
@@ -80,23 +83,28 @@ async fn sessions_per_scope_carry_eks_tags_and_names() {
     let dir = ConfigDir::new();
     let jwks = dir.write("jwks.json", &issuer.jwks());
     let audit = dir.path().join("audit.jsonl");
-    let config = config_head(&sts.url())
-        + &k8s_table(&issuer, &jwks.display().to_string(), "")
-        + &format!(
-            "\n[[role]]\nname = \"payments\"\narn = \"arn:aws:iam::123456789012:role/payments\"\nservice_accounts = [\"payments/api\", \"batch/*\"]\nprefetch = false\ntags = {{ team = \"pay\" }}\ntransitive_tag_keys = [\"team\"]\ntokens = [\"{TOKEN}\", \"{JWT_SHAPED_STATIC}\"]\n"
+    let config = k8s_config(&sts.url(), &issuer, &path_of(&jwks))
+        .role(
+            sa_role("payments", &["payments/api", "batch/*"])
+                .lazy()
+                .set("tags", json!({"team": "pay"}))
+                .set("transitive_tag_keys", json!(["team"]))
+                .tokens(&[TOKEN, JWT_SHAPED_STATIC]),
         )
-        + &sa_role(
-            "per-pod",
-            &["jobs/runner"],
-            "prefetch = false\nsession_scope = \"pod\"\nsession_name = \"{cluster}.{pod}\"",
+        .role(
+            sa_role("per-pod", &["jobs/runner"])
+                .lazy()
+                .set("session_scope", "pod")
+                .set("session_name", "{cluster}.{pod}"),
         )
-        + &sa_role(
-            "shared",
-            &["shared/app"],
-            "prefetch = false\nsession_scope = \"role\"\nsession_name = \"shared-{cluster}\"",
+        .role(
+            sa_role("shared", &["shared/app"])
+                .lazy()
+                .set("session_scope", "role")
+                .set("session_name", "shared-{cluster}"),
         )
-        + &format!("\n[audit]\npath = {:?}\n", audit.display().to_string());
-    let broker = start_broker(&dir, &config, "info").await;
+        .audit(&audit);
+    let broker = spawn_broker(&dir, &config).await;
 
     // Two pods of one service account: one session, one STS call.
     let api1 = Pod::new("payments", "api", "api-1");
@@ -287,13 +295,13 @@ async fn every_refusal_has_its_status_and_reason_and_no_token_in_logs() {
     let issuer = TestIssuer::start().await;
     let dir = ConfigDir::new();
     let jwks = dir.write("jwks.json", &issuer.jwks());
-    let config = config_head(&sts.url())
-        + &k8s_table(&issuer, &jwks.display().to_string(), "leeway = \"5s\"")
-        + &sa_role("payments", &["payments/api"], "prefetch = false")
-        + &sa_role("other", &["other/x"], "prefetch = false")
-        + &sa_role("twin-a", &["twins/x"], "prefetch = false")
-        + &sa_role("twin-b", &["twins/x"], "prefetch = false");
-    let broker = start_broker(&dir, &config, "debug").await;
+    let config = k8s_config(&sts.url(), &issuer, &path_of(&jwks))
+        .set("kubernetes", "leeway", "5s")
+        .role(sa_role("payments", &["payments/api"]).lazy())
+        .role(sa_role("other", &["other/x"]).lazy())
+        .role(sa_role("twin-a", &["twins/x"]).lazy())
+        .role(sa_role("twin-b", &["twins/x"]).lazy());
+    let broker = start_broker(&dir, config, "debug").await;
     let pod = Pod::new("payments", "api", "api-1");
     let now = i64::try_from(
         std::time::SystemTime::now()
@@ -555,16 +563,13 @@ async fn api_server_jwks_over_https_survives_outages_and_follows_rotation() {
     let ca = dir.write("ca.crt", &issuer.ca_pem);
     let sa_token = dir.token_file("sa-token", "broker-own-sa-token-1");
     issuer.require_bearer("broker-own-sa-token-1");
-    let extra = format!(
-        "api_server_url = \"{}\"\napi_server_token_file = {:?}\napi_server_ca_file = {:?}\njwks_refresh = \"10s\"",
-        issuer.url,
-        sa_token.display().to_string(),
-        ca.display().to_string()
-    );
-    let config = config_head(&sts.url())
-        + &k8s_table(&issuer, "api_server", &extra)
-        + &sa_role("payments", &["payments/api"], "");
-    let broker = start_broker(&dir, &config, "info").await;
+    let config = k8s_config(&sts.url(), &issuer, "api_server")
+        .set("kubernetes", "api_server_url", issuer.url.as_str())
+        .set("kubernetes", "api_server_token_file", path_of(&sa_token))
+        .set("kubernetes", "api_server_ca_file", path_of(&ca))
+        .set("kubernetes", "jwks_refresh", "10s")
+        .role(sa_role("payments", &["payments/api"]));
+    let broker = start_broker(&dir, config, "info").await;
     let pod = Pod::new("payments", "api", "api-1");
     let r = ecs(
         &broker,
@@ -688,14 +693,10 @@ async fn discovery_and_file_sources() {
     let dir = ConfigDir::new();
     let ca = dir.write("ca.crt", &issuer.ca_pem);
     // Discovery: https issuer → jwks_uri, trusting the test CA.
-    let config = config_head(&sts.url())
-        + &k8s_table(
-            &issuer,
-            "discovery",
-            &format!("discovery_ca_file = {:?}", ca.display().to_string()),
-        )
-        + &sa_role("payments", &["payments/api"], "");
-    let broker = start_broker(&dir, &config, "info").await;
+    let config = k8s_config(&sts.url(), &issuer, "discovery")
+        .set("kubernetes", "discovery_ca_file", path_of(&ca))
+        .role(sa_role("payments", &["payments/api"]));
+    let broker = spawn_broker(&dir, &config).await;
     let pod = Pod::new("payments", "api", "api-1");
     let r = ecs(
         &broker,
@@ -704,15 +705,14 @@ async fn discovery_and_file_sources() {
     )
     .await;
     assert_eq!(r.status, 200, "discovery: {}", r.body);
-    drop(broker);
+    broker.shutdown().await;
 
     // A file: re-read when it changes (rotation with no restart, no refetch needed).
     let dir = ConfigDir::new();
     let jwks = dir.write("jwks.json", &issuer.jwks());
-    let config = config_head(&sts.url())
-        + &k8s_table(&issuer, &jwks.display().to_string(), "")
-        + &sa_role("payments", &["payments/api"], "");
-    let broker = start_broker(&dir, &config, "info").await;
+    let config = k8s_config(&sts.url(), &issuer, &path_of(&jwks))
+        .role(sa_role("payments", &["payments/api"]));
+    let broker = spawn_broker(&dir, &config).await;
     let r = ecs(
         &broker,
         "/v1/credentials/payments",
@@ -757,6 +757,8 @@ async fn discovery_and_file_sources() {
     assert_eq!(r.status, 200, "held keys with a broken file: {}", r.body);
 }
 
+/// Real time, not paused: a session's idleness is moka's `time_to_idle`, which reads moka's
+/// own clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sessions_are_dropped_and_stop_calling_sts() {
     let sts = FakeSts::start().await;
@@ -766,20 +768,16 @@ async fn idle_sessions_are_dropped_and_stop_calling_sts() {
     let issuer = TestIssuer::start().await;
     let dir = ConfigDir::new();
     let jwks = dir.write("jwks.json", &issuer.jwks());
-    let config = config_head(&sts.url())
-        .replace("lead = \"40m\"", "lead = \"95%\"")
-        .replace("min_remaining = \"15m\"", "min_remaining = \"30s\"")
-        + &k8s_table(
-            &issuer,
-            &jwks.display().to_string(),
-            "session_idle = \"2s\"",
-        )
-        + &sa_role(
-            "payments",
-            &["payments/*"],
-            "session_scope = \"pod\"\nprefetch = false",
+    let config = k8s_config(&sts.url(), &issuer, &path_of(&jwks))
+        .refresh("lead", "95%")
+        .refresh("min_remaining", "30s")
+        .set("kubernetes", "session_idle", "2s")
+        .role(
+            sa_role("payments", &["payments/*"])
+                .set("session_scope", "pod")
+                .lazy(),
         );
-    let broker = start_broker(&dir, &config, "debug").await;
+    let broker = spawn_broker(&dir, &config).await;
     for i in 0..3 {
         let pod = Pod::new("payments", "api", &format!("api-{i}"));
         let r = ecs(
@@ -828,6 +826,9 @@ async fn idle_sessions_are_dropped_and_stop_calling_sts() {
     assert_eq!(sts.calls(), 4);
 }
 
+/// The binary, on real time: in-process, the 1,000 clients would share the broker's two
+/// runtime threads, and a paused clock would skip past the kernel's SYN retransmits when the
+/// listen backlog overflows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_start_burst_of_1000_tokens_in_20_service_accounts_makes_20_sts_calls() {
     let sts = FakeSts::start().await;
@@ -835,10 +836,9 @@ async fn pod_start_burst_of_1000_tokens_in_20_service_accounts_makes_20_sts_call
     let issuer = TestIssuer::start().await;
     let dir = ConfigDir::new();
     let jwks = dir.write("jwks.json", &issuer.jwks());
-    let config = config_head(&sts.url())
-        + &k8s_table(&issuer, &jwks.display().to_string(), "")
-        + &sa_role("payments", &["burst/*"], "prefetch = false");
-    let broker = start_broker(&dir, &config, "info").await;
+    let config = k8s_config(&sts.url(), &issuer, &path_of(&jwks))
+        .role(sa_role("payments", &["burst/*"]).lazy());
+    let broker = start_broker(&dir, config, "info").await;
     let tokens: Vec<String> = (0..1000)
         .map(|i| {
             let pod = Pod::new("burst", &format!("sa-{}", i % 20), &format!("pod-{i}"));
@@ -892,10 +892,9 @@ async fn sdk_clients_read_a_rotating_projected_token_file() {
     let issuer = TestIssuer::start().await;
     let dir = ConfigDir::new();
     let jwks = dir.write("jwks.json", &issuer.jwks());
-    let config = config_head(&moto.url)
-        + &k8s_table(&issuer, &jwks.display().to_string(), "")
-        + &sa_role("payments", &["payments/api"], "prefetch = false");
-    let broker = start_broker(&dir, &config, "info").await;
+    let config = k8s_config(&moto.url, &issuer, &path_of(&jwks))
+        .role(sa_role("payments", &["payments/api"]).lazy());
+    let broker = start_broker(&dir, config, "info").await;
     let token_file = dir.path().join("eks-pod-identity-token");
     let mut n = 0;
     let mut rotate = || {
@@ -993,70 +992,56 @@ async fn sdk_clients_read_a_rotating_projected_token_file() {
     );
 }
 
-/// `[kubernetes]` reloads on SIGHUP: a bad table is refused with the old one serving; a good
-/// change takes effect (new keys verifier, sessions anew); `session_idle` needs a restart.
+/// `[kubernetes]` reloads (as on SIGHUP): a bad table is refused with the old one serving; a
+/// good change takes effect (new keys verifier, sessions anew); `session_idle` needs a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_table_reloads_and_bad_reloads_keep_serving() {
     let sts = FakeSts::start().await;
     let issuer = TestIssuer::start().await;
     let dir = ConfigDir::new();
     let jwks = dir.write("jwks.json", &issuer.jwks());
-    let roles = sa_role("payments", &["payments/api"], "");
-    let good =
-        config_head(&sts.url()) + &k8s_table(&issuer, &jwks.display().to_string(), "") + &roles;
-    let broker = start_broker(&dir, &good, "info").await;
+    let good = k8s_config(&sts.url(), &issuer, &path_of(&jwks))
+        .role(sa_role("payments", &["payments/api"]));
+    let broker = spawn_broker(&dir, &good).await;
     let token = issuer.token(&Pod::new("payments", "api", "api-1"), "rsa-1");
-    assert_eq!(
+    let status = || async {
         ecs(&broker, "/v1/credentials/payments", &token)
             .await
-            .status,
-        200
-    );
+            .status
+    };
+    assert_eq!(status().await, 200);
+    let reloads = |outcome: &'static str| {
+        let broker = &broker;
+        async move {
+            broker
+                .metric(&format!(
+                    "sts_broker_config_reloads_total{{outcome=\"{outcome}\"}}"
+                ))
+                .await
+        }
+    };
 
-    // A broken table: every problem logged, the old configuration keeps serving.
-    let bad = good.replace("audiences = [\"sts-broker\"]", "audiences = []");
-    dir.write("config.toml", &bad);
-    broker.signal("HUP");
-    assert!(
-        broker
-            .wait_for_metric("sts_broker_config_reloads_total{outcome=\"error\"}", 1.0)
-            .await
-    );
-    assert!(
-        broker.logs().contains("key \\\"audiences\\\""),
-        "{}",
-        broker.logs()
-    );
-    assert_eq!(
-        ecs(&broker, "/v1/credentials/payments", &token)
-            .await
-            .status,
-        200
-    );
+    // A broken table: every problem reported (what the log says), the old configuration
+    // keeps serving.
+    let bad = good.clone().set("kubernetes", "audiences", json!([]));
+    let e = broker.reload(&bad).await.unwrap_err().to_string();
+    assert!(e.contains("key \"audiences\""), "{e}");
+    assert_eq!(reloads("error").await, Some(1.0));
+    assert_eq!(status().await, 200);
 
     // session_idle cannot change live.
-    let idle = good.replace("node_name = ", "session_idle = \"5m\"\nnode_name = ");
-    dir.write("config.toml", &idle);
-    broker.signal("HUP");
-    assert!(
-        broker
-            .wait_for_metric("sts_broker_config_reloads_total{outcome=\"rejected\"}", 1.0)
-            .await
-    );
+    let idle = good.clone().set("kubernetes", "session_idle", "5m");
+    let e = broker.reload(&idle).await.unwrap_err().to_string();
+    assert!(e.contains("session_idle"), "{e}");
+    assert_eq!(reloads("rejected").await, Some(1.0));
 
     // A good change: another audience. The remembered token is not trusted blindly: the new
     // table verifies anew and refuses it.
-    let other = good.replace(
-        "audiences = [\"sts-broker\"]",
-        "audiences = [\"pods.eks.amazonaws.com\"]",
-    );
-    dir.write("config.toml", &other);
-    broker.signal("HUP");
-    assert!(
-        broker
-            .wait_for_metric("sts_broker_config_reloads_total{outcome=\"ok\"}", 1.0)
-            .await
-    );
+    let other = good
+        .clone()
+        .set("kubernetes", "audiences", json!(["pods.eks.amazonaws.com"]));
+    broker.reload(&other).await.unwrap();
+    assert_eq!(reloads("ok").await, Some(1.0));
     let r = ecs(&broker, "/v1/credentials/payments", &token).await;
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(r.body.contains("(audience)"), "{}", r.body);
@@ -1086,15 +1071,14 @@ async fn pod_scope_sessions_stay_within_a_memory_bound() {
     let issuer = TestIssuer::start().await;
     let dir = ConfigDir::new();
     let jwks = dir.write("jwks.json", &issuer.jwks());
-    let config = config_head(&sts.url())
-        .replace("max_calls_per_second = 200", "max_calls_per_second = 5000")
-        + &k8s_table(&issuer, &jwks.display().to_string(), "")
-        + &sa_role(
-            "pods",
-            &["mem/*"],
-            "session_scope = \"pod\"\nprefetch = false",
+    let config = k8s_config(&sts.url(), &issuer, &path_of(&jwks))
+        .sts("max_calls_per_second", 5000)
+        .role(
+            sa_role("pods", &["mem/*"])
+                .set("session_scope", "pod")
+                .lazy(),
         );
-    let broker = start_broker(&dir, &config, "warn,sts_broker=info").await;
+    let broker = start_broker(&dir, config, "warn,sts_broker=info").await;
     let tokens: Vec<String> = (0..WARM + N)
         .map(|i| {
             issuer.token(

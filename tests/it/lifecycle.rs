@@ -76,7 +76,12 @@ async fn sighup_reload_adds_and_removes_roles_and_a_bad_config_keeps_the_old_one
         .wait_for_metric("sts_broker_config_reloads_total{outcome=\"error\"}", 1.0)
         .await;
     assert!(counted, "{}", broker.logs());
-    assert!(broker.logs().contains("reload failed"), "{}", broker.logs());
+    // The metric can be scraped before the log line has been read off the pipe.
+    let logged = eventually(Duration::from_secs(5), || async {
+        broker.logs().contains("reload failed")
+    })
+    .await;
+    assert!(logged, "{}", broker.logs());
     assert!(
         broker
             .logs()

@@ -117,18 +117,17 @@ async fn no_secret_in_trace_logs_metrics_status_or_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_service_account_token_or_session_secret_anywhere() {
     use crate::issuer::{Pod, TestIssuer};
-    use crate::k8s::{ecs, k8s_table, sa_role, start_broker};
+    use crate::k8s::{ecs, k8s_config, sa_role, start_broker};
     let sts = FakeSts::start().await;
     sts.set_secret_marker(MARKER);
     let issuer = TestIssuer::start().await;
     let dir = ConfigDir::new();
     let jwks = dir.write("jwks.json", &issuer.jwks());
     let audit = dir.path().join("audit.jsonl");
-    let config = config_head(&sts.url())
-        + &k8s_table(&issuer, &jwks.display().to_string(), "")
-        + &sa_role("app", &["ns/sa"], "session_scope = \"pod\"")
-        + &format!("\n[audit]\npath = {:?}\n", audit.display().to_string());
-    let broker = start_broker(&dir, &config, "trace").await;
+    let config = k8s_config(&sts.url(), &issuer, &jwks.display().to_string())
+        .role(sa_role("app", &["ns/sa"]).set("session_scope", "pod"))
+        .audit(&audit);
+    let broker = start_broker(&dir, config, "trace").await;
     let good = issuer.token(&Pod::new("ns", "sa", "p-1"), "rsa-1");
     let r = ecs(&broker, "/v1/credentials/app", &good).await;
     assert_eq!(r.status, 200, "{}", r.body);
