@@ -21,6 +21,16 @@ use crate::test_config::{Role, TestConfig};
 /// A static client token with the three-part shape of a JWT.
 const JWT_SHAPED_STATIC: &str = "static-part1.static-part2.static-part3";
 
+/// What most tests here start from: the fake STS, a test issuer, a config dir holding the
+/// issuer's keys (the JWKS file, its path last).
+async fn cluster() -> (FakeSts, TestIssuer, ConfigDir, std::path::PathBuf) {
+    let sts = FakeSts::start().await;
+    let issuer = TestIssuer::start().await;
+    let dir = ConfigDir::new();
+    let jwks = dir.write("jwks.json", &issuer.jwks());
+    (sts, issuer, dir, jwks)
+}
+
 /// The test config with `[kubernetes]` for `issuer`, keys from `jwks` (a file path,
 /// "discovery" or "api_server"), on node [`NODE`]. No roles.
 pub fn k8s_config(sts_url: &str, issuer: &TestIssuer, jwks: &str) -> TestConfig {
@@ -35,13 +45,31 @@ pub fn sa_role(name: &str, accounts: &[&str]) -> Role {
 /// The binary on `config`, with `node_name` from the environment (`${NODE_NAME}`, expanded
 /// at load) as a pod's manifest sets it.
 pub async fn start_broker(dir: &ConfigDir, config: TestConfig, log: &str) -> TestBroker {
-    let config = config.set("kubernetes", "node_name", "${NODE_NAME}").render();
+    let config = config
+        .set("kubernetes", "node_name", "${NODE_NAME}")
+        .render();
     TestBroker::start_wrapped(dir, &config, log, &[], &[("NODE_NAME", NODE)]).await
 }
 
 /// The path of a file in `dir`, as a config value.
 fn path_of(p: &std::path::Path) -> String {
     p.display().to_string()
+}
+
+/// `GET /v1/credentials/{role}` as `pod`, with a fresh token signed by `kid`.
+async fn as_pod(
+    broker: &Endpoints,
+    issuer: &TestIssuer,
+    role: &str,
+    pod: &Pod,
+    kid: &str,
+) -> HttpResponse {
+    ecs(
+        broker,
+        &format!("/v1/credentials/{role}"),
+        &issuer.token(pod, kid),
+    )
+    .await
 }
 
 /// `GET path` on the ECS listener with `token`.
@@ -78,10 +106,7 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_per_scope_carry_eks_tags_and_names() {
-    let sts = FakeSts::start().await;
-    let issuer = TestIssuer::start().await;
-    let dir = ConfigDir::new();
-    let jwks = dir.write("jwks.json", &issuer.jwks());
+    let (sts, issuer, dir, jwks) = cluster().await;
     let audit = dir.path().join("audit.jsonl");
     let config = k8s_config(&sts.url(), &issuer, &path_of(&jwks))
         .role(
@@ -120,19 +145,16 @@ async fn sessions_per_scope_carry_eks_tags_and_names() {
     // Pod scope: one session per pod.
     for name in ["runner-1", "runner-2"] {
         let pod = Pod::new("jobs", "runner", name);
-        let r = ecs(
-            &broker,
-            "/v1/credentials/per-pod",
-            &issuer.token(&pod, "ec-1"),
-        )
-        .await;
+        let r = as_pod(&broker, &issuer, "per-pod", &pod, "ec-1").await;
         assert_eq!(r.status, 200, "{}", r.body);
     }
     // Role scope: callers share the role's own session, no caller tags.
-    let r = ecs(
+    let r = as_pod(
         &broker,
-        "/v1/credentials/shared",
-        &issuer.token(&Pod::new("shared", "app", "s-1"), "rsa-1"),
+        &issuer,
+        "shared",
+        &Pod::new("shared", "app", "s-1"),
+        "rsa-1",
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -232,12 +254,7 @@ async fn sessions_per_scope_carry_eks_tags_and_names() {
     assert_eq!(broker.metric("sts_broker_jwks_keys").await, Some(2.0));
 
     // A cached hit costs no verification (counted as cached).
-    let again = ecs(
-        &broker,
-        "/v1/credentials/payments",
-        &issuer.token(&api1, "rsa-1"),
-    )
-    .await;
+    let again = as_pod(&broker, &issuer, "payments", &api1, "rsa-1").await;
     assert_eq!(again.status, 200);
     let tok = issuer.token(&api1, "rsa-1");
     for _ in 0..3 {
@@ -259,12 +276,7 @@ async fn sessions_per_scope_carry_eks_tags_and_names() {
     assert_eq!(r.status, 200, "{}", r.body);
     let calls = sts.calls();
     let pod = Pod::new("jobs", "runner", "runner-1");
-    let r = ecs(
-        &broker,
-        "/v1/credentials/per-pod",
-        &issuer.token(&pod, "ec-1"),
-    )
-    .await;
+    let r = as_pod(&broker, &issuer, "per-pod", &pod, "ec-1").await;
     assert_eq!(r.status, 200);
     assert_eq!(sts.calls(), calls + 1, "the session was assumed anew");
 
@@ -291,10 +303,7 @@ async fn sessions_per_scope_carry_eks_tags_and_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_refusal_has_its_status_and_reason_and_no_token_in_logs() {
-    let sts = FakeSts::start().await;
-    let issuer = TestIssuer::start().await;
-    let dir = ConfigDir::new();
-    let jwks = dir.write("jwks.json", &issuer.jwks());
+    let (sts, issuer, dir, jwks) = cluster().await;
     let config = k8s_config(&sts.url(), &issuer, &path_of(&jwks))
         .set("kubernetes", "leeway", "5s")
         .role(sa_role("payments", &["payments/api"]).lazy())
@@ -571,12 +580,7 @@ async fn api_server_jwks_over_https_survives_outages_and_follows_rotation() {
         .role(sa_role("payments", &["payments/api"]));
     let broker = start_broker(&dir, config, "info").await;
     let pod = Pod::new("payments", "api", "api-1");
-    let r = ecs(
-        &broker,
-        "/v1/credentials/payments",
-        &issuer.token(&pod, "rsa-1"),
-    )
-    .await;
+    let r = as_pod(&broker, &issuer, "payments", &pod, "rsa-1").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(
         issuer
@@ -609,12 +613,7 @@ async fn api_server_jwks_over_https_survives_outages_and_follows_rotation() {
     // The source goes down: the keys held keep verifying new tokens (static stability).
     issuer.set_down(true);
     let pod2 = Pod::new("payments", "api", "api-2");
-    let r = ecs(
-        &broker,
-        "/v1/credentials/payments",
-        &issuer.token(&pod2, "ec-1"),
-    )
-    .await;
+    let r = as_pod(&broker, &issuer, "payments", &pod2, "ec-1").await;
     assert_eq!(
         r.status, 200,
         "held keys while the source is down: {}",
@@ -645,12 +644,7 @@ async fn api_server_jwks_over_https_survives_outages_and_follows_rotation() {
         "the outage is logged"
     );
     // Still serving a known caller during the outage.
-    let r = ecs(
-        &broker,
-        "/v1/credentials/payments",
-        &issuer.token(&pod, "rsa-1"),
-    )
-    .await;
+    let r = as_pod(&broker, &issuer, "payments", &pod, "rsa-1").await;
     assert_eq!(r.status, 200);
 
     // Back up: the periodic refresh drops a retired key.
@@ -698,12 +692,7 @@ async fn discovery_and_file_sources() {
         .role(sa_role("payments", &["payments/api"]));
     let broker = spawn_broker(&dir, &config).await;
     let pod = Pod::new("payments", "api", "api-1");
-    let r = ecs(
-        &broker,
-        "/v1/credentials/payments",
-        &issuer.token(&pod, "ec-1"),
-    )
-    .await;
+    let r = as_pod(&broker, &issuer, "payments", &pod, "ec-1").await;
     assert_eq!(r.status, 200, "discovery: {}", r.body);
     broker.shutdown().await;
 
@@ -713,12 +702,7 @@ async fn discovery_and_file_sources() {
     let config = k8s_config(&sts.url(), &issuer, &path_of(&jwks))
         .role(sa_role("payments", &["payments/api"]));
     let broker = spawn_broker(&dir, &config).await;
-    let r = ecs(
-        &broker,
-        "/v1/credentials/payments",
-        &issuer.token(&pod, "rsa-1"),
-    )
-    .await;
+    let r = as_pod(&broker, &issuer, "payments", &pod, "rsa-1").await;
     assert_eq!(r.status, 200, "file: {}", r.body);
     issuer.add_key("ec-2", Algorithm::ES256);
     issuer.remove_key("rsa-1");
@@ -733,12 +717,7 @@ async fn discovery_and_file_sources() {
         .await
     );
     let pod2 = Pod::new("payments", "api", "api-2");
-    let r = ecs(
-        &broker,
-        "/v1/credentials/payments",
-        &issuer.token(&pod2, "ec-2"),
-    )
-    .await;
+    let r = as_pod(&broker, &issuer, "payments", &pod2, "ec-2").await;
     assert_eq!(r.status, 200, "new key from the rewritten file: {}", r.body);
     // A broken file keeps the keys held.
     std::fs::write(&jwks, "{ not json").unwrap();
@@ -748,12 +727,7 @@ async fn discovery_and_file_sources() {
             .await
     );
     let pod3 = Pod::new("payments", "api", "api-3");
-    let r = ecs(
-        &broker,
-        "/v1/credentials/payments",
-        &issuer.token(&pod3, "ec-2"),
-    )
-    .await;
+    let r = as_pod(&broker, &issuer, "payments", &pod3, "ec-2").await;
     assert_eq!(r.status, 200, "held keys with a broken file: {}", r.body);
 }
 
@@ -780,12 +754,7 @@ async fn idle_sessions_are_dropped_and_stop_calling_sts() {
     let broker = spawn_broker(&dir, &config).await;
     for i in 0..3 {
         let pod = Pod::new("payments", "api", &format!("api-{i}"));
-        let r = ecs(
-            &broker,
-            "/v1/credentials/payments",
-            &issuer.token(&pod, "ec-1"),
-        )
-        .await;
+        let r = as_pod(&broker, &issuer, "payments", &pod, "ec-1").await;
         assert_eq!(r.status, 200, "{}", r.body);
     }
     assert_eq!(
@@ -816,12 +785,7 @@ async fn idle_sessions_are_dropped_and_stop_calling_sts() {
     assert_eq!(roles[0]["sessions"], json!(0));
     // A pod that comes back gets a new session.
     let pod = Pod::new("payments", "api", "api-0");
-    let r = ecs(
-        &broker,
-        "/v1/credentials/payments",
-        &issuer.token(&pod, "ec-1"),
-    )
-    .await;
+    let r = as_pod(&broker, &issuer, "payments", &pod, "ec-1").await;
     assert_eq!(r.status, 200);
     assert_eq!(sts.calls(), 4);
 }
@@ -996,10 +960,7 @@ async fn sdk_clients_read_a_rotating_projected_token_file() {
 /// good change takes effect (new keys verifier, sessions anew); `session_idle` needs a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_table_reloads_and_bad_reloads_keep_serving() {
-    let sts = FakeSts::start().await;
-    let issuer = TestIssuer::start().await;
-    let dir = ConfigDir::new();
-    let jwks = dir.write("jwks.json", &issuer.jwks());
+    let (sts, issuer, dir, jwks) = cluster().await;
     let good = k8s_config(&sts.url(), &issuer, &path_of(&jwks))
         .role(sa_role("payments", &["payments/api"]));
     let broker = spawn_broker(&dir, &good).await;
@@ -1067,10 +1028,7 @@ async fn pod_scope_sessions_stay_within_a_memory_bound() {
     const WARM: usize = 100;
     const N: usize = 2_000;
     const BOUND_PER_SESSION: u64 = 16 * 1024;
-    let sts = FakeSts::start().await;
-    let issuer = TestIssuer::start().await;
-    let dir = ConfigDir::new();
-    let jwks = dir.write("jwks.json", &issuer.jwks());
+    let (sts, issuer, dir, jwks) = cluster().await;
     let config = k8s_config(&sts.url(), &issuer, &path_of(&jwks))
         .sts("max_calls_per_second", 5000)
         .role(

@@ -93,7 +93,10 @@ async fn an_outage_serves_the_last_good_credentials_then_recovers() {
     let before = sts.calls();
     pass(5 * MINUTE).await;
     let retries = sts.calls() - before;
-    assert!((10..=21).contains(&retries), "{retries} retries in 5 minutes");
+    assert!(
+        (10..=21).contains(&retries),
+        "{retries} retries in 5 minutes"
+    );
     // Warm requests never wait for the (slow) STS: no simulated time passes while answered.
     for _ in 0..20 {
         let t = tokio::time::Instant::now();
@@ -102,7 +105,11 @@ async fn an_outage_serves_the_last_good_credentials_then_recovers() {
             good,
             "stale but valid credentials are served"
         );
-        assert!(t.elapsed() < Duration::from_millis(300), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
     }
     let status = broker.role_status("app").await;
     assert!(
@@ -215,7 +222,11 @@ async fn access_denied_backs_off_to_the_cap_without_hammering() {
     assert_eq!(broker.admin_get("/readyz").await.status, 503);
     // Not retryable: straight to backoff_max (10 min), whatever the failure count.
     pass(10 * MINUTE - Duration::from_secs(1)).await;
-    assert_eq!(sts.calls(), 1, "one call per backoff_max, not one per request");
+    assert_eq!(
+        sts.calls(),
+        1,
+        "one call per backoff_max, not one per request"
+    );
     pass(Duration::from_secs(2)).await;
     assert_eq!(sts.calls(), 2, "retried after backoff_max");
     pass(10 * MINUTE).await;
@@ -297,12 +308,20 @@ async fn a_reload_reschedules_kept_roles_and_bad_reloads_change_nothing() {
             .await,
         Some(1.0)
     );
-    assert_eq!(sts.calls(), 1, "a kept role is not re-assumed by the reload");
+    assert_eq!(
+        sts.calls(),
+        1,
+        "a kept role is not re-assumed by the reload"
+    );
     assert_eq!(served_key(&broker, "app").await, first);
     pass(5 * MINUTE - Duration::from_secs(2)).await;
     assert_eq!(sts.calls(), 1);
     pass(Duration::from_secs(4)).await;
-    assert_eq!(sts.calls(), 2, "refreshed at issue + 10 min under the new lead");
+    assert_eq!(
+        sts.calls(),
+        2,
+        "refreshed at issue + 10 min under the new lead"
+    );
     assert_ne!(served_key(&broker, "app").await, first);
     broker.shutdown().await;
 }
