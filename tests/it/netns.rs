@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::helpers::*;
+use crate::test_config::{Role, TestConfig};
 
 /// A network namespace, deleted on drop.
 pub(crate) struct Netns {
@@ -113,6 +114,31 @@ impl Drop for NsMoto {
     }
 }
 
+/// STS at the moto that [`NsMoto::start`] runs on port 5000 inside the namespace, signed with
+/// the static source key; nothing else.
+fn moto_in_ns() -> TestConfig {
+    TestConfig::empty()
+        .set("sts", "region", "us-east-1")
+        .set("sts", "endpoint", "http://127.0.0.1:5000")
+        .set("source", "kind", "static_env")
+}
+
+/// The test head against moto in the namespace, with a lazy role `app`.
+fn lazy_app_in_ns() -> TestConfig {
+    TestConfig::new("http://127.0.0.1:5000").role(Role::new("app").lazy())
+}
+
+/// The binary inside `ns` on `config`.
+async fn start_in(ns: &Netns, dir: &ConfigDir, config: &TestConfig) -> TestBroker {
+    TestBroker::start_wrapped(dir, &config.render(), "info", &ns.wrapper(), &[]).await
+}
+
+/// SIGTERM, and the process exits (it must: the namespace's ports are reused).
+async fn stop(mut broker: TestBroker) {
+    broker.signal("TERM");
+    assert!(broker.wait_exit(Duration::from_secs(15)).await.is_some());
+}
+
 /// A Python snippet run inside `ns` with a clean environment plus `env`.
 fn ns_python(ns: &Netns, home: &std::path::Path, env: &[(&str, &str)], script: &str) -> String {
     let mut cmd = ns.command("env");
@@ -165,30 +191,18 @@ async fn boto3_finds_the_broker_at_the_standard_link_local_addresses() {
     let _moto = NsMoto::start(&ns, 5000);
     let dir = ConfigDir::new();
     let token_file = dir.token_file("app.token", TOKEN);
-    let config = format!(
-        r#"
-[sts]
-region = "us-east-1"
-endpoint = "http://127.0.0.1:5000"
-[source]
-kind = "static_env"
-[ecs]
-listen = "169.254.170.23:80"
-[imds]
-listen = "169.254.169.254:80"
-role = "app"
-hop_limit = 1
-[admin]
-listen = "127.0.0.1:9469"
-[[role]]
-name = "app"
-arn = "arn:aws:iam::123456789012:role/app"
-session_name = "netns-test"
-token_files = [{:?}]
-"#,
-        token_file.display().to_string()
-    );
-    let _broker = TestBroker::start_wrapped(&dir, &config, "info", &ns.wrapper(), &[]).await;
+    let config = moto_in_ns()
+        .set("ecs", "listen", "169.254.170.23:80")
+        .set("imds", "listen", "169.254.169.254:80")
+        .set("imds", "role", "app")
+        .set("imds", "hop_limit", 1)
+        .set("admin", "listen", "127.0.0.1:9469")
+        .role(
+            Role::new("app")
+                .set("session_name", "netns-test")
+                .token_files(&[&token_file]),
+        );
+    let _broker = start_in(&ns, &dir, &config).await;
     let home = dir.path();
     let script = "import boto3\n\
                   s = boto3.session.Session()\n\
@@ -282,13 +296,12 @@ async fn hop_limit_one_keeps_imds_from_clients_a_router_away() {
     let _moto = NsMoto::start(&broker_ns, 5000);
     for (hop_limit, far_client_reaches) in [(1, false), (2, true)] {
         let dir = ConfigDir::new();
-        let config = config_head("http://127.0.0.1:5000")
-            + &format!(
-                "\n[imds]\nlisten = \"10.201.2.2:80\"\nrole = \"app\"\nhop_limit = {hop_limit}\n"
-            )
-            + &role("app", "prefetch = false");
-        let mut broker =
-            TestBroker::start_wrapped(&dir, &config, "info", &broker_ns.wrapper(), &[]).await;
+        let config = lazy_app_in_ns().imds(&[
+            ("listen", "10.201.2.2:80".into()),
+            ("role", "app".into()),
+            ("hop_limit", hop_limit.into()),
+        ]);
+        let broker = start_in(&broker_ns, &dir, &config).await;
         assert!(
             token_from(&router, dir.path()),
             "hop_limit {hop_limit}: a directly connected client always reaches IMDS"
@@ -298,8 +311,7 @@ async fn hop_limit_one_keeps_imds_from_clients_a_router_away() {
             far_client_reaches,
             "hop_limit {hop_limit}: client one router away"
         );
-        broker.signal("TERM");
-        assert!(broker.wait_exit(Duration::from_secs(15)).await.is_some());
+        stop(broker).await;
     }
 }
 
@@ -313,11 +325,12 @@ async fn hop_limit_holds_for_ipv4_clients_of_a_dual_stack_listener() {
     let (client, router, broker_ns) = routed_topology("ds");
     let _moto = NsMoto::start(&broker_ns, 5000);
     let dir = ConfigDir::new();
-    let config = config_head("http://127.0.0.1:5000")
-        + "\n[imds]\nlisten = \"[::]:80\"\nrole = \"app\"\nhop_limit = 1\n"
-        + &role("app", "prefetch = false");
-    let mut broker =
-        TestBroker::start_wrapped(&dir, &config, "info", &broker_ns.wrapper(), &[]).await;
+    let config = lazy_app_in_ns().imds(&[
+        ("listen", "[::]:80".into()),
+        ("role", "app".into()),
+        ("hop_limit", 1.into()),
+    ]);
+    let broker = start_in(&broker_ns, &dir, &config).await;
     assert!(
         token_from(&router, dir.path()),
         "a directly connected IPv4 client reaches the [::] listener"
@@ -326,8 +339,7 @@ async fn hop_limit_holds_for_ipv4_clients_of_a_dual_stack_listener() {
         !token_from(&client, dir.path()),
         "hop_limit 1: an IPv4 client one router away must not reach a [::] listener"
     );
-    broker.signal("TERM");
-    assert!(broker.wait_exit(Duration::from_secs(15)).await.is_some());
+    stop(broker).await;
 }
 
 /// Host namespace with a bridge (docker0-style) and a container namespace on it.
@@ -382,15 +394,17 @@ async fn a_bridged_container_defeats_hop_limit_but_not_allowed_sources() {
     }
     let (host, container) = bridged_topology("br");
     let _moto = NsMoto::start(&host, 5000);
-    for (allowed, container_status) in [("", 200), ("allowed_sources = [\"127.0.0.0/8\"]", 403)] {
+    for (allowed, container_status) in [(None, 200), (Some("127.0.0.0/8"), 403)] {
         let dir = ConfigDir::new();
-        let config = config_head("http://127.0.0.1:5000")
-            + &format!(
-                "\n[imds]\nlisten = \"0.0.0.0:80\"\nrole = \"app\"\nhop_limit = 1\n{allowed}\n"
-            )
-            + &role("app", "prefetch = false");
-        let mut broker =
-            TestBroker::start_wrapped(&dir, &config, "info", &host.wrapper(), &[]).await;
+        let mut config = lazy_app_in_ns().imds(&[
+            ("listen", "0.0.0.0:80".into()),
+            ("role", "app".into()),
+            ("hop_limit", 1.into()),
+        ]);
+        if let Some(net) = allowed {
+            config = config.set("imds", "allowed_sources", serde_json::json!([net]));
+        }
+        let broker = start_in(&host, &dir, &config).await;
         assert_eq!(
             token_status(&host, dir.path(), "http://127.0.0.1:80"),
             200,
@@ -399,7 +413,7 @@ async fn a_bridged_container_defeats_hop_limit_but_not_allowed_sources() {
         assert_eq!(
             token_status(&container, dir.path(), "http://10.202.0.1:80"),
             container_status,
-            "a bridged container with hop_limit = 1 and {allowed:?}"
+            "a bridged container with hop_limit = 1 and allowed_sources {allowed:?}"
         );
         if container_status == 403 {
             // The admin listener is inside the namespace: read the metric from there.
@@ -413,8 +427,7 @@ async fn a_bridged_container_defeats_hop_limit_but_not_allowed_sources() {
                 "{metrics}"
             );
         }
-        broker.signal("TERM");
-        assert!(broker.wait_exit(Duration::from_secs(15)).await.is_some());
+        stop(broker).await;
     }
 }
 
@@ -430,11 +443,12 @@ async fn admin_role_routes_answer_loopback_peers_only() {
     ns.exec(&["ip", "addr", "add", "10.203.0.1/32", "dev", "lo"]);
     let _moto = NsMoto::start(&ns, 5000);
     let dir = ConfigDir::new();
-    let config = config_head("http://127.0.0.1:5000").replace(
-        "[admin]\nlisten = \"127.0.0.1:0\"",
-        "[admin]\nlisten = [\"10.203.0.1:9469\", \"127.0.0.1:9469\"]",
-    ) + &role("app", "prefetch = false");
-    let _broker = TestBroker::start_wrapped(&dir, &config, "info", &ns.wrapper(), &[]).await;
+    let config = lazy_app_in_ns().set(
+        "admin",
+        "listen",
+        serde_json::json!(["10.203.0.1:9469", "127.0.0.1:9469"]),
+    );
+    let _broker = start_in(&ns, &dir, &config).await;
     // moto answers before the refresh is asked for.
     let wait =
         format!("import sys; sys.argv = ['', 'http://127.0.0.1:5000/moto-api/']\n{WAIT_READY}");
@@ -485,26 +499,19 @@ async fn sdks_that_know_only_the_relative_uri_find_the_broker_at_169_254_170_2()
     let _moto = NsMoto::start(&ns, 5000);
     let dir = ConfigDir::new();
     let token_file = dir.token_file("app.token", TOKEN);
-    let config = format!(
-        r#"
-[sts]
-region = "us-east-1"
-endpoint = "http://127.0.0.1:5000"
-[source]
-kind = "static_env"
-[ecs]
-listen = ["169.254.170.2:80", "127.0.0.1:8170"]
-[admin]
-listen = "127.0.0.1:9469"
-[[role]]
-name = "app"
-arn = "arn:aws:iam::123456789012:role/app"
-session_name = "relative-uri-test"
-token_files = [{:?}]
-"#,
-        token_file.display().to_string()
-    );
-    let config_path = dir.write("config.toml", &config);
+    let config = moto_in_ns()
+        .set(
+            "ecs",
+            "listen",
+            serde_json::json!(["169.254.170.2:80", "127.0.0.1:8170"]),
+        )
+        .set("admin", "listen", "127.0.0.1:9469")
+        .role(
+            Role::new("app")
+                .set("session_name", "relative-uri-test")
+                .token_files(&[&token_file]),
+        );
+    let config_path = dir.write("config.toml", &config.render());
     // `env` exports the relative URI (not commented out): the broker listens at 169.254.170.2:80.
     let mut cmd = Command::new(BIN);
     cmd.args(["env", "-c", config_path.to_str().unwrap(), "--role", "app"]);
@@ -515,7 +522,7 @@ token_files = [{:?}]
         .find_map(|l| l.strip_prefix("export AWS_CONTAINER_CREDENTIALS_RELATIVE_URI="))
         .unwrap_or_else(|| panic!("no active RELATIVE_URI export in:\n{env_out}"))
         .to_string();
-    let _broker = TestBroker::start_wrapped(&dir, &config, "info", &ns.wrapper(), &[]).await;
+    let _broker = start_in(&ns, &dir, &config).await;
     let home = dir.path();
     let wait = format!("import sys; sys.argv = ['', 'http://127.0.0.1:9469/readyz']\n{WAIT_READY}");
     ns_python(&ns, home, &[], &wait);
@@ -738,35 +745,30 @@ async fn failover_when_the_primary_is_black_holed_then_failing_then_back() {
     let _fake_a = NsFakeSts::start(&a, "10.77.1.2", home, "a");
     let _fake_b = NsFakeSts::start(&b, "10.77.2.2", home, "b");
     let primary = "http://10.77.1.2:4443";
-    let lazy: String = ["cold1", "cold2", "cold3"]
-        .iter()
-        .map(|n| role(n, "prefetch = false"))
-        .collect();
     // Warm credentials refresh every 9 s (1 % of 15 min), so refreshes happen in each phase.
-    let config = format!(
-        r#"
-[sts]
-region = "us-east-1"
-endpoints = ["{primary}", "http://10.77.2.2:4443"]
-timeout = "4s"
-unhealthy_after = 2
-cooldown = "3s"
-[source]
-kind = "static_env"
-[refresh]
-lead = "99%"
-min_remaining = "1m"
-jitter = "0s"
-backoff_min = "200ms"
-backoff_max = "1s"
-[ecs]
-listen = "127.0.0.1:8170"
-[admin]
-listen = "127.0.0.1:9469"
-"#
-    ) + &role("warm", "duration = \"15m\"")
-        + &lazy;
-    let _broker = TestBroker::start_wrapped(&dir, &config, "info", &c.wrapper(), &[]).await;
+    let mut config = TestConfig::empty()
+        .set("sts", "region", "us-east-1")
+        .set(
+            "sts",
+            "endpoints",
+            serde_json::json!([primary, "http://10.77.2.2:4443"]),
+        )
+        .set("sts", "timeout", "4s")
+        .set("sts", "unhealthy_after", 2)
+        .set("sts", "cooldown", "3s")
+        .set("source", "kind", "static_env")
+        .refresh("lead", "99%")
+        .refresh("min_remaining", "1m")
+        .refresh("jitter", "0s")
+        .refresh("backoff_min", "200ms")
+        .refresh("backoff_max", "1s")
+        .set("ecs", "listen", "127.0.0.1:8170")
+        .set("admin", "listen", "127.0.0.1:9469")
+        .role(Role::new("warm").set("duration", "15m"));
+    for cold in ["cold1", "cold2", "cold3"] {
+        config = config.role(Role::new(cold).lazy());
+    }
+    let _broker = start_in(&c, &dir, &config).await;
     let wait = format!("import sys; sys.argv = ['', 'http://127.0.0.1:9469/readyz']\n{WAIT_READY}");
     ns_python(&c, home, &[], &wait);
     assert_eq!(

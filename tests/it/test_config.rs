@@ -50,26 +50,31 @@ pub struct TestConfig {
 }
 
 impl TestConfig {
-    /// The common test head (as `helpers::config_head`): STS at `sts_url` with a 2 s timeout,
-    /// static source credentials from the environment, fast back-off, no jitter, ECS and admin
-    /// listeners on port 0. No roles.
-    pub fn new(sts_url: &str) -> TestConfig {
+    /// No tables at all: for configs that must not carry the test head's settings.
+    pub fn empty() -> TestConfig {
         TestConfig {
             tables: Vec::new(),
             roles: Vec::new(),
         }
-        .set("sts", "region", "us-east-1")
-        .set("sts", "endpoint", sts_url)
-        .set("sts", "timeout", "2s")
-        .set("sts", "max_calls_per_second", 200)
-        .set("source", "kind", "static_env")
-        .set("refresh", "lead", "40m")
-        .set("refresh", "min_remaining", "15m")
-        .set("refresh", "jitter", "0s")
-        .set("refresh", "backoff_min", "100ms")
-        .set("refresh", "backoff_max", "1s")
-        .set("ecs", "listen", "127.0.0.1:0")
-        .set("admin", "listen", "127.0.0.1:0")
+    }
+
+    /// The common test head (as `helpers::config_head`): STS at `sts_url` with a 2 s timeout,
+    /// static source credentials from the environment, fast back-off, no jitter, ECS and admin
+    /// listeners on port 0. No roles.
+    pub fn new(sts_url: &str) -> TestConfig {
+        TestConfig::empty()
+            .set("sts", "region", "us-east-1")
+            .set("sts", "endpoint", sts_url)
+            .set("sts", "timeout", "2s")
+            .set("sts", "max_calls_per_second", 200)
+            .set("source", "kind", "static_env")
+            .set("refresh", "lead", "40m")
+            .set("refresh", "min_remaining", "15m")
+            .set("refresh", "jitter", "0s")
+            .set("refresh", "backoff_min", "100ms")
+            .set("refresh", "backoff_max", "1s")
+            .set("ecs", "listen", "127.0.0.1:0")
+            .set("admin", "listen", "127.0.0.1:0")
     }
 
     /// Sets `key` in `[table]` (created at the end when missing).
