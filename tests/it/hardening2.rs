@@ -8,6 +8,8 @@ use tokio::net::TcpStream;
 
 use crate::fake_sts::{FakeSts, Scenario};
 use crate::helpers::*;
+use crate::inproc::spawn_broker;
+use crate::test_config::{Role, TestConfig};
 
 /// Defect 3: a web page cannot make the broker refresh (CSRF), and a forced refresh never
 /// throws good credentials away, coalesces, and respects back-off.
@@ -119,22 +121,22 @@ async fn stalled_reader(addr: std::net::SocketAddr, path: &str) -> TcpStream {
 }
 
 /// Defect 4: clients that stop reading are cut after the write timeout, so they cannot pin
-/// the listener's connection slots.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// the listener's connection slots. On a paused clock: the timeouts pass in simulated time.
+#[tokio::test(start_paused = true)]
 async fn clients_that_stop_reading_do_not_pin_connection_slots() {
+    let _clock = sts_broker::clock::follow_tokio_time();
     let sts = FakeSts::start().await;
     let dir = ConfigDir::new();
-    let config = config_head(&sts.url()).replace(
-        "[ecs]\nlisten = \"127.0.0.1:0\"",
-        "[ecs]\nlisten = \"127.0.0.1:0\"\nmax_connections = 2",
-    ) + &role("app", "");
-    let broker = TestBroker::start(&dir, &config).await;
+    let config = TestConfig::new(&sts.url())
+        .set("ecs", "max_connections", 2)
+        .role(Role::new("app"));
+    let broker = spawn_broker(&dir, &config).await;
     broker.wait_ready(Duration::from_secs(10)).await;
     let _a = stalled_reader(broker.ecs, "/v1/credentials/app").await;
     let _b = stalled_reader(broker.ecs, "/v1/credentials/app").await;
     // Both slots are held by clients that read nothing; a third client waits in the backlog
     // until the write timeout (10 s) frees one.
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let third = async {
         let mut s = TcpStream::connect(broker.ecs).await.unwrap();
         let req = format!(
