@@ -2,50 +2,62 @@
 //! failing or resetting primary within one `[sts].timeout`, the cool-down and the probe back,
 //! hedged cold requests, the adaptive call rate under Throttling, `startup_spread`, and
 //! `revoke_before` on reload. The black-holed (packet-dropping) primary is in `netns.rs`.
+//!
+//! The timing tests run the broker in-process on a paused clock: "within the timeout" and
+//! "the hedge answered first" are measured in simulated time, exactly, whatever the load.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use sts_broker::clock;
 
 use crate::fake_sts::{FakeSts, Scenario};
 use crate::helpers::*;
+use crate::inproc::spawn_broker;
+use crate::test_config::{Role, TestConfig};
 
-/// `config_head` with `[sts]` calling `urls` in order, plus `sts_extra` keys.
-fn head_with_endpoints(urls: &[String], sts_extra: &str) -> String {
-    let list = urls
-        .iter()
-        .map(|u| format!("{u:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    config_head(&urls[0]).replace(
-        &format!("endpoint = \"{}\"\n", urls[0]),
-        &format!("endpoints = [{list}]\n{sts_extra}\n"),
-    )
+/// The test config with `[sts]` calling `urls` in order instead of one endpoint.
+fn with_endpoints(urls: &[String]) -> TestConfig {
+    TestConfig::new(&urls[0])
+        .unset("sts", "endpoint")
+        .sts("endpoints", serde_json::json!(urls))
+}
+
+/// The test config with the prefetched roles `r0` .. `r{n-1}`.
+fn roles(mut config: TestConfig, n: usize) -> TestConfig {
+    for i in 0..n {
+        config = config.role(Role::new(&format!("r{i}")));
+    }
+    config
 }
 
 fn healthy_series(url: &str) -> String {
     format!("sts_broker_sts_endpoint_healthy{{sts_endpoint=\"{url}\"}}")
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failing_primary_is_failed_over_within_the_timeout_rested_and_probed_back() {
+    let _clock = clock::follow_tokio_time();
     let primary = FakeSts::start().await;
     let backup = FakeSts::start().await;
     let dir = ConfigDir::new();
     let urls = [primary.url(), backup.url()];
-    let lazy = |n: &str| role(n, "prefetch = false");
-    // Two endpoints get 3 s each of `timeout = "6s"`: generous, so that a healthy answer is
-    // never late on a loaded machine.
-    let text = head_with_endpoints(&urls, "unhealthy_after = 2\ncooldown = \"1s\"")
-        .replace("timeout = \"2s\"", "timeout = \"6s\"")
-        + &["r1", "r2", "r3", "r4", "r5"].map(lazy).concat();
-    let broker = TestBroker::start(&dir, &text).await;
+    // Two endpoints get 3 s each of `timeout = "6s"`.
+    let mut config = with_endpoints(&urls)
+        .sts("unhealthy_after", 2)
+        .sts("cooldown", "1s")
+        .sts("timeout", "6s");
+    for r in ["r1", "r2", "r3", "r4", "r5"] {
+        config = config.role(Role::new(r).lazy());
+    }
+    let broker = spawn_broker(&dir, &config).await;
     let budget = Duration::from_secs(6);
 
     // A hung primary: the cold request still gets 200 within the budget, from the backup.
     primary.set_scenario(Scenario::Hang);
-    let t = Instant::now();
+    let t = tokio::time::Instant::now();
     let r = broker.ecs_get("r1", Some(TOKEN)).await;
     let took = t.elapsed();
-    assert_eq!(r.status, 200, "{}\n{}", r.body, broker.logs());
+    assert_eq!(r.status, 200, "{}", r.body);
     assert!(took < budget + Duration::from_millis(500), "{took:?}");
     assert!(
         took >= Duration::from_millis(2900),
@@ -55,7 +67,7 @@ async fn a_failing_primary_is_failed_over_within_the_timeout_rested_and_probed_b
 
     // A primary answering 500: failed over at once; the second failure rests it.
     primary.set_scenario(Scenario::ServerError);
-    let t = Instant::now();
+    let t = tokio::time::Instant::now();
     assert_eq!(broker.ecs_get("r2", Some(TOKEN)).await.status, 200);
     assert!(
         t.elapsed() < Duration::from_millis(2900),
@@ -97,10 +109,10 @@ async fn a_reset_connection_fails_over_and_access_denied_does_not() {
     let backup = FakeSts::start().await;
     let dir = ConfigDir::new();
     let urls = [primary.url(), backup.url()];
-    let text = head_with_endpoints(&urls, "")
-        + &role("a", "prefetch = false")
-        + &role("b", "prefetch = false");
-    let broker = TestBroker::start(&dir, &text).await;
+    let config = with_endpoints(&urls)
+        .role(Role::new("a").lazy())
+        .role(Role::new("b").lazy());
+    let broker = spawn_broker(&dir, &config).await;
 
     primary.set_scenario(Scenario::Reset);
     assert_eq!(broker.ecs_get("a", Some(TOKEN)).await.status, 200);
@@ -113,24 +125,26 @@ async fn a_reset_connection_fails_over_and_access_denied_does_not() {
     assert_eq!(backup.calls(), 1, "no failover on AccessDenied");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_slow_primary_is_hedged_and_the_first_answer_wins() {
+    let _clock = clock::follow_tokio_time();
     let primary = FakeSts::start().await;
     let backup = FakeSts::start().await;
     let dir = ConfigDir::new();
     let urls = [primary.url(), backup.url()];
-    let text = head_with_endpoints(&urls, "hedge_after = \"300ms\"")
-        .replace("timeout = \"2s\"", "timeout = \"4s\"")
-        + &role("cold", "prefetch = false");
-    let broker = TestBroker::start(&dir, &text).await;
+    let config = with_endpoints(&urls)
+        .sts("hedge_after", "300ms")
+        .sts("timeout", "4s")
+        .role(Role::new("cold").lazy());
+    let broker = spawn_broker(&dir, &config).await;
     primary.set_delay(Duration::from_millis(2500));
-    let t = Instant::now();
+    let t = tokio::time::Instant::now();
     let r = broker.ecs_get("cold", Some(TOKEN)).await;
     let took = t.elapsed();
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(
-        took < Duration::from_millis(1500),
-        "the hedge answered, not the slow primary: {took:?}"
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+        "the hedge (after 300 ms) answered, not the slow primary: {took:?}"
     );
     assert_eq!((primary.calls(), backup.calls()), (1, 1));
     let key = r.json()["AccessKeyId"].as_str().unwrap().to_string();
@@ -143,29 +157,22 @@ async fn a_slow_primary_is_hedged_and_the_first_answer_wins() {
     assert_eq!(broker.metric(&abandoned).await, Some(1.0));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn throttling_lowers_the_broker_rate_and_successes_raise_it() {
+    let _clock = clock::follow_tokio_time();
     let sts = FakeSts::start().await;
     let dir = ConfigDir::new();
-    let text = config_head(&sts.url()).replace(
-        "max_calls_per_second = 200",
-        "max_calls_per_second = 20\nmin_calls_per_second = 1",
-    ) + &(0..6)
-        .map(|i| role(&format!("r{i}"), ""))
-        .collect::<String>();
+    let config = TestConfig::new(&sts.url())
+        .sts("max_calls_per_second", 20)
+        .sts("min_calls_per_second", 1);
     sts.set_scenario(Scenario::Throttle);
-    let broker = TestBroker::start(&dir, &text).await;
+    let broker = spawn_broker(&dir, &roles(config, 6)).await;
     let rate = "sts_broker_sts_call_rate";
     let lowered = eventually(Duration::from_secs(10), || async {
         broker.metric(rate).await.is_some_and(|r| r <= 5.0)
     })
     .await;
-    assert!(
-        lowered,
-        "rate {:?}\n{}",
-        broker.metric(rate).await,
-        broker.logs()
-    );
+    assert!(lowered, "rate {:?}", broker.metric(rate).await);
     let low = broker.metric(rate).await.unwrap();
     assert!(low >= 1.0, "never below the floor: {low}");
 
@@ -176,27 +183,28 @@ async fn throttling_lowers_the_broker_rate_and_successes_raise_it() {
     assert!(raised <= 20.0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn startup_spread_spreads_the_first_prefetch() {
+    let _clock = clock::follow_tokio_time();
     let sts = FakeSts::start().await;
     let dir = ConfigDir::new();
-    let text = config_head(&sts.url()).replace(
-        "jitter = \"0s\"",
-        "jitter = \"0s\"\nstartup_spread = \"2s\"",
-    ) + &(0..10)
-        .map(|i| role(&format!("r{i}"), ""))
-        .collect::<String>();
-    let broker = TestBroker::start(&dir, &text).await;
+    let config = TestConfig::new(&sts.url()).refresh("startup_spread", "2s");
+    let started = tokio::time::Instant::now();
+    let broker = spawn_broker(&dir, &roles(config, 10)).await;
     let mut first = None;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while sts.calls() < 10 && Instant::now() < deadline {
+    while sts.calls() < 10 && started.elapsed() < Duration::from_secs(15) {
         if first.is_none() && sts.calls() > 0 {
-            first = Some(Instant::now());
+            first = Some(tokio::time::Instant::now());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let last = Instant::now();
-    assert_eq!(sts.calls(), 10, "{}", broker.logs());
+    let last = tokio::time::Instant::now();
+    assert_eq!(sts.calls(), 10);
+    assert!(
+        last - started <= Duration::from_millis(2100),
+        "every role within the 2 s spread: {:?}",
+        last - started
+    );
     let spread = last.duration_since(first.expect("saw the first call"));
     // Ten uniform draws over 2 s span under 0.5 s with probability < 1e-4; without the
     // spread, the ten calls (200/s allowed) land within ~50 ms.
@@ -212,9 +220,11 @@ fn rfc3339(t: SystemTime) -> String {
 async fn revoke_before_on_reload_drops_and_reassumes_once() {
     let sts = FakeSts::start().await;
     let dir = ConfigDir::new();
-    let head = config_head(&sts.url());
-    let roles = role("warm", "") + &role("lazy", "prefetch = false") + &role("kept", "");
-    let broker = TestBroker::start(&dir, &(head.clone() + &roles)).await;
+    let config = TestConfig::new(&sts.url())
+        .role(Role::new("warm"))
+        .role(Role::new("lazy").lazy())
+        .role(Role::new("kept"));
+    let broker = TestBroker::start(&dir, &config.render()).await;
     broker.wait_ready(Duration::from_secs(10)).await;
     let key = |r: HttpResponse| r.json()["AccessKeyId"].as_str().unwrap().to_string();
     let warm0 = key(broker.ecs_get("warm", Some(TOKEN)).await);
@@ -224,11 +234,8 @@ async fn revoke_before_on_reload_drops_and_reassumes_once() {
 
     // Broker-wide revoke_before an hour ahead of the clock: it counts as now.
     let ahead = rfc3339(SystemTime::now() + Duration::from_secs(3600));
-    let revoking = head.replace(
-        "[refresh]\n",
-        &format!("[refresh]\nrevoke_before = \"{ahead}\"\n"),
-    ) + &roles;
-    dir.write("config.toml", &revoking);
+    let revoking = config.refresh("revoke_before", ahead);
+    dir.write("config.toml", &revoking.render());
     broker.signal("HUP");
     // The prefetched roles are re-assumed at once, without a request.
     assert!(
@@ -269,17 +276,11 @@ async fn revoke_before_on_reload_drops_and_reassumes_once() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let now = rfc3339(SystemTime::now());
     let per_role = revoking
-        .replace(
-            "name = \"kept\"",
-            &format!("name = \"kept\"\nrevoke_before = \"{now}\""),
-        )
-        .replace(
-            "name = \"warm\"",
-            "name = \"warm\"\nrevoke_before = \"2020-01-01T00:00:00Z\"",
-        );
+        .with_role("kept", |r| r.set("revoke_before", now))
+        .with_role("warm", |r| r.set("revoke_before", "2020-01-01T00:00:00Z"));
     let warm1 = key(broker.ecs_get("warm", Some(TOKEN)).await);
     let kept1 = key(broker.ecs_get("kept", Some(TOKEN)).await);
-    dir.write("config.toml", &per_role);
+    dir.write("config.toml", &per_role.render());
     broker.signal("HUP");
     assert!(sts.wait_for_calls(7, Duration::from_secs(10)).await);
     let rekept = eventually(Duration::from_secs(10), || async {
@@ -296,10 +297,10 @@ async fn revoke_before_on_reload_drops_and_reassumes_once() {
 async fn watch_config_reloads_on_a_file_change_without_a_signal() {
     let sts = FakeSts::start().await;
     let dir = ConfigDir::new();
-    let head = config_head(&sts.url());
+    let config = TestConfig::new(&sts.url()).role(Role::new("app"));
     let broker = TestBroker::start_with_args(
         &dir,
-        &(head.clone() + &role("app", "")),
+        &config.render(),
         "info",
         &[],
         &[],
@@ -311,12 +312,10 @@ async fn watch_config_reloads_on_a_file_change_without_a_signal() {
 
     // A ConfigMap-style update: the new file replaces the old one by rename.
     let revoke = rfc3339(SystemTime::now() + Duration::from_secs(60));
-    let next = head.replace(
-        "[refresh]\n",
-        &format!("[refresh]\nrevoke_before = \"{revoke}\"\n"),
-    ) + &role("app", "")
-        + &role("db", "");
-    let tmp = dir.write("config.toml.new", &next);
+    let next = config
+        .refresh("revoke_before", revoke)
+        .role(Role::new("db"));
+    let tmp = dir.write("config.toml.new", &next.render());
     std::fs::rename(&tmp, &broker.config_path).unwrap();
     assert!(
         broker
