@@ -49,20 +49,30 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `f` every 25 ms until it is true or `timeout` passes.
-pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+pub async fn eventually<F, Fut>(timeout: Duration, f: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
+    eventually_every(Duration::from_millis(25), timeout, f).await
+}
+
+/// Polls `f` every `step` until it is true or `timeout` passes, both on tokio's clock: on a
+/// paused runtime, simulated time (pick a coarse `step` there: each poll costs real CPU).
+pub async fn eventually_every<F, Fut>(step: Duration, timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if f().await {
             return true;
         }
-        if Instant::now() > deadline {
+        if tokio::time::Instant::now() > deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(step).await;
     }
 }
 

@@ -564,8 +564,14 @@ async fn every_refusal_has_its_status_and_reason_and_no_token_in_logs() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// In-process on a paused clock: the refetch budget (one per 10 s) and the periodic refresh
+/// pass in simulated time.
+#[tokio::test(start_paused = true)]
 async fn api_server_jwks_over_https_survives_outages_and_follows_rotation() {
+    let _clock = sts_broker::clock::follow_tokio_time();
+    // Polls once a simulated second: each poll verifies (or signs) a token, real CPU.
+    const SECOND: Duration = Duration::from_secs(1);
+    let (logs, _logging) = crate::inproc::capture_logs();
     let sts = FakeSts::start().await;
     let issuer = TestIssuer::start().await;
     let dir = ConfigDir::new();
@@ -578,7 +584,7 @@ async fn api_server_jwks_over_https_survives_outages_and_follows_rotation() {
         .set("kubernetes", "api_server_ca_file", path_of(&ca))
         .set("kubernetes", "jwks_refresh", "10s")
         .role(sa_role("payments", &["payments/api"]));
-    let broker = start_broker(&dir, config, "info").await;
+    let broker = spawn_broker(&dir, &config).await;
     let pod = Pod::new("payments", "api", "api-1");
     let r = as_pod(&broker, &issuer, "payments", &pod, "rsa-1").await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -597,9 +603,9 @@ async fn api_server_jwks_over_https_survives_outages_and_follows_rotation() {
     let rotated = issuer.token(&pod, "rsa-2");
     // The unknown kid triggers a refetch, at most one per 10 s (the first request of the
     // test may just have used that budget): SDKs retry, so does this test.
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     assert!(
-        eventually(Duration::from_secs(25), || async {
+        eventually_every(SECOND, Duration::from_secs(25), || async {
             ecs(&broker, "/v1/credentials/payments", &rotated)
                 .await
                 .status
@@ -630,7 +636,7 @@ async fn api_server_jwks_over_https_survives_outages_and_follows_rotation() {
     assert_eq!(r.status, 401);
     assert!(r.body.contains("(unknown_kid)"), "{}", r.body);
     assert!(
-        eventually(Duration::from_secs(40), || async {
+        eventually_every(SECOND, Duration::from_secs(40), || async {
             broker
                 .metric("sts_broker_jwks_fetches_total{outcome=\"error\"}")
                 .await
@@ -640,7 +646,7 @@ async fn api_server_jwks_over_https_survives_outages_and_follows_rotation() {
         "failed fetches are counted"
     );
     assert!(
-        broker.logs().contains("keeping the keys held"),
+        logs.text().contains("keeping the keys held"),
         "the outage is logged"
     );
     // Still serving a known caller during the outage.
@@ -651,7 +657,7 @@ async fn api_server_jwks_over_https_survives_outages_and_follows_rotation() {
     issuer.remove_key("rsa-1");
     issuer.set_down(false);
     assert!(
-        eventually(Duration::from_secs(30), || async {
+        eventually_every(SECOND, Duration::from_secs(30), || async {
             let pod3 = Pod::new("payments", "api", &format!("p-{}", rand_suffix()));
             let mut c = issuer.claims(&pod3);
             c["jti"] = json!(rand_suffix());
