@@ -125,11 +125,10 @@ async fn request_bodies_are_refused_on_credential_paths() {
 async fn a_full_listener_leaves_the_admin_endpoint_reachable() {
     let sts = FakeSts::start().await;
     let dir = ConfigDir::new();
-    let config = config_head(&sts.url()).replace(
-        "[ecs]\nlisten = \"127.0.0.1:0\"",
-        "[ecs]\nlisten = \"127.0.0.1:0\"\nmax_connections = 20",
-    ) + &role("app", "");
-    let broker = TestBroker::start(&dir, &config).await;
+    let config = TestConfig::new(&sts.url())
+        .set("ecs", "max_connections", 20)
+        .role(Role::new("app"));
+    let broker = spawn_broker(&dir, &config).await;
     broker.wait_ready(Duration::from_secs(10)).await;
     // Take every connection slot with idle connections.
     let mut held = Vec::new();
@@ -169,11 +168,10 @@ async fn a_full_listener_leaves_the_admin_endpoint_reachable() {
 async fn the_per_peer_rate_limit_answers_429_and_counts() {
     let sts = FakeSts::start().await;
     let dir = ConfigDir::new();
-    let config = config_head(&sts.url()).replace(
-        "[ecs]\nlisten = \"127.0.0.1:0\"",
-        "[ecs]\nlisten = \"127.0.0.1:0\"\nper_peer_rate_limit = 5",
-    ) + &role("app", "");
-    let broker = TestBroker::start(&dir, &config).await;
+    let config = TestConfig::new(&sts.url())
+        .set("ecs", "per_peer_rate_limit", 5)
+        .role(Role::new("app"));
+    let broker = spawn_broker(&dir, &config).await;
     broker.wait_ready(Duration::from_secs(10)).await;
     let mut statuses = Vec::new();
     for _ in 0..40 {

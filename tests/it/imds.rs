@@ -2,21 +2,30 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
+
 use crate::fake_sts::{FakeSts, Scenario};
 use crate::helpers::*;
+use crate::inproc::{InProcBroker, spawn_broker};
+use crate::test_config::{Role, TestConfig};
 
 const TTL: &str = "X-aws-ec2-metadata-token-ttl-seconds";
 const TOKEN_HEADER: &str = "X-aws-ec2-metadata-token";
 const CREDS: &str = "/latest/meta-data/iam/security-credentials";
 
-fn imds_table(extra: &str) -> String {
-    format!("\n[imds]\nlisten = \"127.0.0.1:0\"\nrole = \"app\"\nmax_token_ttl = \"1h\"\n{extra}\n")
+/// Roles `app` (served on IMDS) and `other`, `[imds]` on loopback with `max_token_ttl = "1h"`
+/// plus `imds_extra`.
+fn config(sts: &FakeSts, imds_extra: &[(&str, Value)]) -> TestConfig {
+    let mut keys = vec![("role", "app".into()), ("max_token_ttl", "1h".into())];
+    keys.extend(imds_extra.iter().cloned());
+    TestConfig::new(&sts.url())
+        .role(Role::new("app"))
+        .role(Role::new("other"))
+        .imds(&keys)
 }
 
-async fn start(sts: &FakeSts, dir: &ConfigDir, imds_extra: &str) -> TestBroker {
-    let config =
-        config_head(&sts.url()) + &role("app", "") + &role("other", "") + &imds_table(imds_extra);
-    let broker = TestBroker::start(dir, &config).await;
+async fn start(sts: &FakeSts, dir: &ConfigDir, imds_extra: &[(&str, Value)]) -> InProcBroker {
+    let broker = spawn_broker(dir, &config(sts, imds_extra)).await;
     broker.wait_ready(Duration::from_secs(10)).await;
     broker
 }
@@ -25,7 +34,7 @@ async fn start(sts: &FakeSts, dir: &ConfigDir, imds_extra: &str) -> TestBroker {
 async fn token_ttl_rules_and_x_forwarded_for() {
     let sts = FakeSts::start().await;
     let dir = ConfigDir::new();
-    let broker = start(&sts, &dir, "").await;
+    let broker = start(&sts, &dir, &[]).await;
 
     // (docs, TTL header, status, granted TTL echoed)
     let cases = [
@@ -91,7 +100,7 @@ async fn token_ttl_rules_and_x_forwarded_for() {
 async fn credentials_paths_with_a_valid_token() {
     let sts = FakeSts::start().await;
     let dir = ConfigDir::new();
-    let broker = start(&sts, &dir, "").await;
+    let broker = start(&sts, &dir, &[]).await;
     let token = broker.imds_token("21600").await;
     let t = [(TOKEN_HEADER, token.as_str())];
 
@@ -184,11 +193,13 @@ async fn credentials_paths_with_a_valid_token() {
     );
 }
 
-#[tokio::test]
+/// On a paused clock: the 1-second token expires in simulated time.
+#[tokio::test(start_paused = true)]
 async fn missing_forged_and_expired_tokens_get_401() {
+    let _clock = sts_broker::clock::follow_tokio_time();
     let sts = FakeSts::start().await;
     let dir = ConfigDir::new();
-    let broker = start(&sts, &dir, "").await;
+    let broker = start(&sts, &dir, &[]).await;
     let path = format!("{CREDS}/app");
     assert_eq!(
         broker.imds_request("GET", &path, &[]).await.status,
@@ -237,7 +248,7 @@ async fn missing_forged_and_expired_tokens_get_401() {
 async fn allow_v1_serves_without_a_token() {
     let sts = FakeSts::start().await;
     let dir = ConfigDir::new();
-    let broker = start(&sts, &dir, "allow_v1 = true").await;
+    let broker = start(&sts, &dir, &[("allow_v1", true.into())]).await;
     let r = broker
         .imds_request("GET", &format!("{CREDS}/app"), &[])
         .await;
@@ -251,12 +262,16 @@ async fn imds_min_remaining_is_stricter_than_ecs() {
     let sts = FakeSts::start().await;
     sts.set_lifetime(Duration::from_secs(20));
     let dir = ConfigDir::new();
-    let head = config_head(&sts.url()).replace(
-        "lead = \"40m\"\nmin_remaining = \"15m\"",
-        "lead = \"50%\"\nmin_remaining = \"1s\"",
-    );
-    let config = head + &role("app", "") + &imds_table("min_remaining = \"10m\"");
-    let broker = TestBroker::start(&dir, &config).await;
+    let config = TestConfig::new(&sts.url())
+        .refresh("lead", "50%")
+        .refresh("min_remaining", "1s")
+        .role(Role::new("app"))
+        .imds(&[
+            ("role", "app".into()),
+            ("max_token_ttl", "1h".into()),
+            ("min_remaining", "10m".into()),
+        ]);
+    let broker = spawn_broker(&dir, &config).await;
     // Not "ready": the IMDS role is below the IMDS floor (issue 12), though ECS can answer.
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -279,7 +294,9 @@ async fn imds_min_remaining_is_stricter_than_ecs() {
 async fn a_flood_of_token_requests_leaves_memory_flat() {
     let sts = FakeSts::start().await;
     let dir = ConfigDir::new();
-    let broker = start(&sts, &dir, "").await;
+    // The binary: its resident set is what is measured.
+    let broker = TestBroker::start(&dir, &config(&sts, &[]).render()).await;
+    broker.wait_ready(Duration::from_secs(10)).await;
     let addr = broker.imds.unwrap();
     let flood = |n: usize| async move {
         let mut tasks = Vec::new();

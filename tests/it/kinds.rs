@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::fake_sts::{FakeSts, Scenario};
 use crate::helpers::*;
+use crate::test_config::{Role, TestConfig};
 
 /// An executable shell script in `dir`.
 fn script(dir: &ConfigDir, name: &str, body: &str) -> PathBuf {
@@ -466,10 +467,11 @@ async fn a_profile_source_signs_with_the_profile_even_when_env_keys_are_set() {
         "credentials",
         "[broker]\naws_access_key_id = AKIDFROMPROFILE\naws_secret_access_key = profile-secret\n",
     );
-    let config = config_head(&sts.url()).replace(
-        "[source]\nkind = \"static_env\"",
-        "[source]\nkind = \"profile\"\nname = \"broker\"",
-    ) + &role("app", "");
+    let config = TestConfig::new(&sts.url())
+        .set("source", "kind", "profile")
+        .set("source", "name", "broker")
+        .role(Role::new("app"))
+        .render();
     let creds = creds.display().to_string();
     // broker_env exports AWS_ACCESS_KEY_ID too: the profile must still win.
     let broker = TestBroker::start_wrapped(

@@ -99,13 +99,10 @@ async fn sighup_reload_adds_and_removes_roles_and_a_bad_config_keeps_the_old_one
     );
 
     // Changing a listen address needs a restart: rejected, counted.
-    dir.write(
-        "config.toml",
-        &(head.replace(
-            "[ecs]\nlisten = \"127.0.0.1:0\"",
-            "[ecs]\nlisten = \"127.0.0.2:0\"",
-        ) + &role("app", "")),
-    );
+    let moved = crate::test_config::TestConfig::new(&sts.url())
+        .set("ecs", "listen", "127.0.0.2:0")
+        .role(crate::test_config::Role::new("app"));
+    dir.write("config.toml", &moved.render());
     broker.signal("HUP");
     let rejected = broker
         .wait_for_metric("sts_broker_config_reloads_total{outcome=\"rejected\"}", 1.0)
