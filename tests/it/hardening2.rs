@@ -18,11 +18,11 @@ async fn forced_refresh_refuses_browsers_keeps_good_credentials_and_coalesces() 
     let sts = FakeSts::start().await;
     let dir = ConfigDir::new();
     // A long back-off so that "respects back-off" is observable on a loaded machine.
-    let config = config_head(&sts.url())
-        .replace("backoff_min = \"100ms\"", "backoff_min = \"30s\"")
-        .replace("backoff_max = \"1s\"", "backoff_max = \"60s\"")
-        + &role("app", "");
-    let broker = TestBroker::start(&dir, &config).await;
+    let config = TestConfig::new(&sts.url())
+        .refresh("backoff_min", "30s")
+        .refresh("backoff_max", "60s")
+        .role(Role::new("app"));
+    let broker = spawn_broker(&dir, &config).await;
     broker.wait_ready(Duration::from_secs(10)).await;
     let first = broker.ecs_get("app", Some(TOKEN)).await.json()["AccessKeyId"].clone();
     let calls = sts.calls();
