@@ -1,5 +1,11 @@
-//! Integration tests: the real `sts-broker` binary against the fault-injecting fake STS and
-//! moto, read by real clients (boto3, the AWS CLI, aws-config's ECS provider).
+//! Integration tests: the broker against the fault-injecting fake STS and moto, read by real
+//! clients (boto3, the AWS CLI, aws-config's ECS provider).
+//!
+//! Where the process does not matter the broker runs in the test's own process
+//! (`inproc::spawn_broker`), often on a paused clock so that hours of refreshes and back-off
+//! take milliseconds; where it does (signals, systemd, SDKs reading the environment, network
+//! namespaces, what reaches the logs, memory) the real `sts-broker` binary runs
+//! (`helpers::TestBroker`). Configs come from the typed `test_config::TestConfig` builder.
 //!
 //! Tests that need moto, boto3 or the AWS CLI find them in the venv that
 //! `scripts/setup-test-deps.sh` creates (`STS_BROKER_TEST_VENV`, default `./.venv`).
