@@ -171,3 +171,62 @@ fn check_fixed(new: &Config, current: &Config) -> Result<(), ReloadError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config with the ECS listener on `ecs` plus `extra` tables.
+    fn parse(ecs: &str, extra: &str) -> Config {
+        let text = format!(
+            "[sts]\nregion = \"us-east-1\"\n[ecs]\nlisten = \"{ecs}\"\n{extra}\n[[role]]\nname = \"a\"\narn = \"arn:aws:iam::123456789012:role/a\"\ntokens = [\"token-0123456789abcdef\"]\n"
+        );
+        let ctx = LoadContext {
+            hostname: "h".into(),
+        };
+        Config::parse(&text, "t.toml", &ctx).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn what_the_listeners_were_built_with_cannot_change_the_rest_can() {
+        let here = "127.0.0.1:0";
+        let base = parse(here, "");
+        // (docs, changed config, the rejected part or None)
+        let cases = [
+            (
+                "a new [refresh] applies",
+                parse(here, "[refresh]\nlead = \"30m\""),
+                None,
+            ),
+            (
+                "allowed_hosts is read per request",
+                parse(here, "[admin]\nallowed_hosts = [\"broker.internal\"]"),
+                None,
+            ),
+            (
+                "another ECS address needs a restart",
+                parse("127.0.0.2:0", ""),
+                Some("[ecs]"),
+            ),
+            (
+                "adding [imds] needs a restart",
+                parse(here, "[imds]\nlisten = \"127.0.0.1:0\"\nrole = \"a\""),
+                Some("[imds]"),
+            ),
+            (
+                "adding the audit trail needs a restart",
+                parse(here, "[audit]\npath = \"/tmp/audit.jsonl\""),
+                Some("[audit]"),
+            ),
+        ];
+        for (docs, new, rejected) in cases {
+            match (check_fixed(&new, &base), rejected) {
+                (Ok(()), None) => {}
+                (Err(ReloadError::Rejected(what)), Some(part)) => {
+                    assert!(what.starts_with(part), "{docs}: {what}");
+                }
+                (got, want) => panic!("{docs}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+}
