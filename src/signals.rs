@@ -42,6 +42,8 @@ pub struct FileWatch {
 }
 
 impl FileWatch {
+    /// Polls every `every` (at least every 100 ms); the first [`FileWatch::changed`] call
+    /// sets the baseline.
     pub fn new(every: std::time::Duration) -> FileWatch {
         let mut every = tokio::time::interval(every.max(std::time::Duration::from_millis(100)));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
