@@ -4,6 +4,8 @@ use std::time::{Duration, Instant};
 
 use crate::fake_sts::FakeSts;
 use crate::helpers::*;
+use crate::inproc::spawn_broker;
+use crate::test_config::{Role, TestConfig};
 
 #[tokio::test]
 async fn every_assume_role_parameter_reaches_sts() {
@@ -80,10 +82,10 @@ fn gethostname() -> String {
 async fn status_codes_and_error_bodies() {
     let sts = FakeSts::start().await;
     let dir = ConfigDir::new();
-    let config = config_head(&sts.url())
-        + &role("app", "")
-        + "\n[[role]]\nname = \"other\"\narn = \"arn:aws:iam::123456789012:role/other\"\ntokens = [\"other-token-0123456789\"]\n";
-    let broker = TestBroker::start(&dir, &config).await;
+    let config = TestConfig::new(&sts.url())
+        .role(Role::new("app"))
+        .role(Role::new("other").tokens(&["other-token-0123456789"]));
+    let broker = spawn_broker(&dir, &config).await;
     broker.wait_ready(Duration::from_secs(10)).await;
 
     // 200: the full ECS body.
@@ -278,8 +280,8 @@ async fn concurrent_cold_requests_cause_one_sts_call() {
     let sts = FakeSts::start().await;
     sts.set_delay(Duration::from_millis(400));
     let dir = ConfigDir::new();
-    let config = config_head(&sts.url()) + &role("lazy", "prefetch = false");
-    let broker = TestBroker::start(&dir, &config).await;
+    let config = TestConfig::new(&sts.url()).role(Role::new("lazy").lazy());
+    let broker = spawn_broker(&dir, &config).await;
     // Nothing prefetched: ready at once, no STS call yet.
     broker.wait_ready(Duration::from_secs(5)).await;
     assert_eq!(sts.calls(), 0);
