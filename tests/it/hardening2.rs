@@ -75,13 +75,7 @@ async fn concurrent_and_repeated_forced_refreshes_cost_one_sts_call() {
     sts.set_delay(Duration::from_millis(500));
     let posts = (0..8).map(|_| broker.admin_post("/v1/roles/app/refresh"));
     let answers = futures_util::future::join_all(posts).await;
-    let keys: std::collections::HashSet<String> = answers
-        .iter()
-        .map(|r| {
-            assert_eq!(r.status, 200, "{}", r.body);
-            r.json()["access_key_id"].as_str().unwrap().to_string()
-        })
-        .collect();
+    let keys = distinct(&answers, "access_key_id");
     assert_eq!(
         keys.len(),
         1,

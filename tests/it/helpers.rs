@@ -467,6 +467,19 @@ impl Endpoints {
     }
 }
 
+/// The distinct values of the JSON string `field` across `answers`, each of which must be a
+/// 200 (how many credentials a burst of requests was handed).
+#[track_caller]
+pub fn distinct(answers: &[HttpResponse], field: &str) -> std::collections::BTreeSet<String> {
+    answers
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 200, "{}", r.body);
+            r.json()[field].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
 // === a raw HTTP/1.1 client ===
 
 /// A response as read off the wire.
