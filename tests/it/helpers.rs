@@ -459,6 +459,14 @@ impl Endpoints {
         assert!(ok, "broker never became ready");
     }
 
+    /// `sts_broker_config_reloads_total{outcome}`: `ok`, `error` or `rejected`.
+    pub async fn reloads(&self, outcome: &str) -> Option<f64> {
+        self.metric(&format!(
+            "sts_broker_config_reloads_total{{outcome=\"{outcome}\"}}"
+        ))
+        .await
+    }
+
     /// The value of a metric series (exact `name{labels}` prefix), if exported.
     pub async fn metric(&self, series: &str) -> Option<f64> {
         let text = self.admin_get("/metrics").await.body;

@@ -977,30 +977,20 @@ async fn kubernetes_table_reloads_and_bad_reloads_keep_serving() {
             .status
     };
     assert_eq!(status().await, 200);
-    let reloads = |outcome: &'static str| {
-        let broker = &broker;
-        async move {
-            broker
-                .metric(&format!(
-                    "sts_broker_config_reloads_total{{outcome=\"{outcome}\"}}"
-                ))
-                .await
-        }
-    };
 
     // A broken table: every problem reported (what the log says), the old configuration
     // keeps serving.
     let bad = good.clone().set("kubernetes", "audiences", json!([]));
     let e = broker.reload(&bad).await.unwrap_err().to_string();
     assert!(e.contains("key \"audiences\""), "{e}");
-    assert_eq!(reloads("error").await, Some(1.0));
+    assert_eq!(broker.reloads("error").await, Some(1.0));
     assert_eq!(status().await, 200);
 
     // session_idle cannot change live.
     let idle = good.clone().set("kubernetes", "session_idle", "5m");
     let e = broker.reload(&idle).await.unwrap_err().to_string();
     assert!(e.contains("session_idle"), "{e}");
-    assert_eq!(reloads("rejected").await, Some(1.0));
+    assert_eq!(broker.reloads("rejected").await, Some(1.0));
 
     // A good change: another audience. The remembered token is not trusted blindly: the new
     // table verifies anew and refuses it.
@@ -1008,7 +998,7 @@ async fn kubernetes_table_reloads_and_bad_reloads_keep_serving() {
         .clone()
         .set("kubernetes", "audiences", json!(["pods.eks.amazonaws.com"]));
     broker.reload(&other).await.unwrap();
-    assert_eq!(reloads("ok").await, Some(1.0));
+    assert_eq!(broker.reloads("ok").await, Some(1.0));
     let r = ecs(&broker, "/v1/credentials/payments", &token).await;
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(r.body.contains("(audience)"), "{}", r.body);

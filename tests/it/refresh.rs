@@ -278,30 +278,15 @@ async fn a_reload_reschedules_kept_roles_and_bad_reloads_change_nothing() {
     let moved = config.clone().set("ecs", "listen", "127.0.0.2:0");
     let e = broker.reload(&moved).await.unwrap_err().to_string();
     assert!(e.contains("cannot change without a restart"), "{e}");
-    assert_eq!(
-        broker
-            .metric("sts_broker_config_reloads_total{outcome=\"error\"}")
-            .await,
-        Some(1.0)
-    );
-    assert_eq!(
-        broker
-            .metric("sts_broker_config_reloads_total{outcome=\"rejected\"}")
-            .await,
-        Some(1.0)
-    );
+    assert_eq!(broker.reloads("error").await, Some(1.0));
+    assert_eq!(broker.reloads("rejected").await, Some(1.0));
 
     // lead 50 min: the kept role is now due 10 minutes after issue, not 20.
     broker
         .reload(&config.clone().refresh("lead", "50m"))
         .await
         .unwrap();
-    assert_eq!(
-        broker
-            .metric("sts_broker_config_reloads_total{outcome=\"ok\"}")
-            .await,
-        Some(1.0)
-    );
+    assert_eq!(broker.reloads("ok").await, Some(1.0));
     assert_eq!(
         sts.calls(),
         1,
