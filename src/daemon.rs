@@ -35,15 +35,33 @@ pub async fn serve(
     ctx: LoadContext,
     watch: Option<Duration>,
 ) -> Result<(), ServeError> {
+    serve_with(config, ctx, watch, async |_: &Broker| {}).await
+}
+
+/// [`serve`], with `companion` run beside the daemon from start-up until shutdown begins: what
+/// the binary itself does with the running broker (work the library cannot do, such as
+/// `unsafe` process tuning once ready).
+///
+/// # Errors
+/// When the signal handlers cannot be installed or the broker cannot start.
+pub async fn serve_with(
+    config: Config,
+    ctx: LoadContext,
+    watch: Option<Duration>,
+    companion: impl for<'b> AsyncFnOnce(&'b Broker),
+) -> Result<(), ServeError> {
     for w in &config.warnings {
         tracing::warn!(warning = %w, "configuration warning");
     }
     let path = config.path.clone();
     let mut controls = signals::controls().map_err(ServeError::Signals)?;
     let broker = Broker::start(config).await?;
-    // The systemd supervisor borrows the broker; it ends before the broker is shut down.
+    // The systemd supervisor and the companion borrow the broker; they end before the broker
+    // is shut down.
     {
-        let supervise = systemd::supervise(&broker);
+        let supervise = async {
+            tokio::join!(systemd::supervise(&broker), companion(&broker));
+        };
         tokio::pin!(supervise);
         let mut watcher = watch.zip(path.clone()).map(|(every, path)| {
             tracing::info!(every_s = every.as_secs_f64(), config = %path.display(), "watching the config and token files for changes");
