@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::helpers::*;
-use crate::netns::{Netns, NsMoto, WAIT_READY, namespaces_available, rand_suffix, sh};
+use crate::netns::{Netns, NsMoto, WAIT_READY, namespaces_available, rand_suffix};
 
 const BROKER_UID: u32 = 2900;
 const MOTO_PORT: u16 = 5000;
@@ -261,17 +261,7 @@ async fn each_local_user_gets_its_own_role_and_the_host_keeps_its_imds() {
     // --- two namespaces: the host and the "real" metadata service behind a veth ---
     let host = Netns::create("luh");
     let meta = Netns::create("lum");
-    let (h0, m0) = (
-        format!("luh{}", rand_suffix() % 10_000),
-        format!("lum{}", rand_suffix() % 10_000),
-    );
-    sh(&[
-        "ip", "link", "add", &h0, "type", "veth", "peer", "name", &m0,
-    ]);
-    sh(&["ip", "link", "set", &h0, "netns", &host.name]);
-    sh(&["ip", "link", "set", &m0, "netns", &meta.name]);
-    host.exec(&["ip", "addr", "add", "10.77.0.1/24", "dev", &h0]);
-    host.exec(&["ip", "link", "set", &h0, "up"]);
+    host.veth(Some("10.77.0.1/24"), &meta, Some("10.77.0.2/24"));
     host.exec(&[
         "ip",
         "route",
@@ -280,8 +270,6 @@ async fn each_local_user_gets_its_own_role_and_the_host_keeps_its_imds() {
         "via",
         "10.77.0.2",
     ]);
-    meta.exec(&["ip", "addr", "add", "10.77.0.2/24", "dev", &m0]);
-    meta.exec(&["ip", "link", "set", &m0, "up"]);
     meta.exec(&["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"]);
 
     let dir = ConfigDir::new();

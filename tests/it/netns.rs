@@ -41,6 +41,30 @@ impl Netns {
         c.args(["netns", "exec", &self.name, program]);
         c
     }
+
+    /// A veth pair from this namespace to `peer`, both ends up, each with its address (CIDR)
+    /// if given. Returns the interface names (here, there).
+    pub(crate) fn veth(
+        &self,
+        addr_here: Option<&str>,
+        peer: &Netns,
+        addr_there: Option<&str>,
+    ) -> (String, String) {
+        let n = rand_suffix();
+        let (here, there) = (format!("sv{n}a"), format!("sv{n}b"));
+        sh(&[
+            "ip", "link", "add", &here, "type", "veth", "peer", "name", &there,
+        ]);
+        sh(&["ip", "link", "set", &here, "netns", &self.name]);
+        sh(&["ip", "link", "set", &there, "netns", &peer.name]);
+        for (ns, dev, addr) in [(self, &here, addr_here), (peer, &there, addr_there)] {
+            if let Some(addr) = addr {
+                ns.exec(&["ip", "addr", "add", addr, "dev", dev]);
+            }
+            ns.exec(&["ip", "link", "set", dev, "up"]);
+        }
+        (here, there)
+    }
 }
 
 impl Drop for Netns {
@@ -243,32 +267,10 @@ fn routed_topology(tag: &str) -> (Netns, Netns, Netns) {
     let client = Netns::create(&format!("{tag}c"));
     let router = Netns::create(&format!("{tag}r"));
     let broker = Netns::create(&format!("{tag}b"));
-    let (c0, r0, r1, b0) = (
-        format!("c0{}", rand_suffix() % 1000),
-        format!("r0{}", rand_suffix() % 1000),
-        format!("r1{}", rand_suffix() % 1000),
-        format!("b0{}", rand_suffix() % 1000),
-    );
-    sh(&[
-        "ip", "link", "add", &c0, "type", "veth", "peer", "name", &r0,
-    ]);
-    sh(&[
-        "ip", "link", "add", &r1, "type", "veth", "peer", "name", &b0,
-    ]);
-    sh(&["ip", "link", "set", &c0, "netns", &client.name]);
-    sh(&["ip", "link", "set", &r0, "netns", &router.name]);
-    sh(&["ip", "link", "set", &r1, "netns", &router.name]);
-    sh(&["ip", "link", "set", &b0, "netns", &broker.name]);
-    client.exec(&["ip", "addr", "add", "10.201.1.2/24", "dev", &c0]);
-    client.exec(&["ip", "link", "set", &c0, "up"]);
+    client.veth(Some("10.201.1.2/24"), &router, Some("10.201.1.1/24"));
+    router.veth(Some("10.201.2.1/24"), &broker, Some("10.201.2.2/24"));
     client.exec(&["ip", "route", "add", "default", "via", "10.201.1.1"]);
-    router.exec(&["ip", "addr", "add", "10.201.1.1/24", "dev", &r0]);
-    router.exec(&["ip", "addr", "add", "10.201.2.1/24", "dev", &r1]);
-    router.exec(&["ip", "link", "set", &r0, "up"]);
-    router.exec(&["ip", "link", "set", &r1, "up"]);
     router.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-    broker.exec(&["ip", "addr", "add", "10.201.2.2/24", "dev", &b0]);
-    broker.exec(&["ip", "link", "set", &b0, "up"]);
     broker.exec(&["ip", "route", "add", "default", "via", "10.201.2.1"]);
     (client, router, broker)
 }
@@ -346,22 +348,11 @@ async fn hop_limit_holds_for_ipv4_clients_of_a_dual_stack_listener() {
 fn bridged_topology(tag: &str) -> (Netns, Netns) {
     let host = Netns::create(&format!("{tag}h"));
     let container = Netns::create(&format!("{tag}c"));
-    let (c0, h0) = (
-        format!("c0{}", rand_suffix() % 1000),
-        format!("h0{}", rand_suffix() % 1000),
-    );
     host.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
     host.exec(&["ip", "addr", "add", "10.202.0.1/24", "dev", "br0"]);
     host.exec(&["ip", "link", "set", "br0", "up"]);
-    sh(&[
-        "ip", "link", "add", &c0, "type", "veth", "peer", "name", &h0,
-    ]);
-    sh(&["ip", "link", "set", &c0, "netns", &container.name]);
-    sh(&["ip", "link", "set", &h0, "netns", &host.name]);
+    let (_, h0) = container.veth(Some("10.202.0.2/24"), &host, None);
     host.exec(&["ip", "link", "set", &h0, "master", "br0"]);
-    host.exec(&["ip", "link", "set", &h0, "up"]);
-    container.exec(&["ip", "addr", "add", "10.202.0.2/24", "dev", &c0]);
-    container.exec(&["ip", "link", "set", &c0, "up"]);
     container.exec(&["ip", "route", "add", "default", "via", "10.202.0.1"]);
     (host, container)
 }
@@ -725,20 +716,12 @@ async fn failover_when_the_primary_is_black_holed_then_failing_then_back() {
     let c = Netns::create("fo");
     let a = Netns::create("foa");
     let b = Netns::create("fob");
-    for (ns, net, tag) in [(&a, "10.77.1", "a"), (&b, "10.77.2", "b")] {
-        let (here, there) = (
-            format!("f{tag}c{}", rand_suffix() % 10000),
-            format!("f{tag}s{}", rand_suffix() % 10000),
+    for (ns, net) in [(&a, "10.77.1"), (&b, "10.77.2")] {
+        c.veth(
+            Some(&format!("{net}.1/24")),
+            ns,
+            Some(&format!("{net}.2/24")),
         );
-        sh(&[
-            "ip", "link", "add", &here, "type", "veth", "peer", "name", &there,
-        ]);
-        sh(&["ip", "link", "set", &here, "netns", &c.name]);
-        sh(&["ip", "link", "set", &there, "netns", &ns.name]);
-        c.exec(&["ip", "addr", "add", &format!("{net}.1/24"), "dev", &here]);
-        c.exec(&["ip", "link", "set", &here, "up"]);
-        ns.exec(&["ip", "addr", "add", &format!("{net}.2/24"), "dev", &there]);
-        ns.exec(&["ip", "link", "set", &there, "up"]);
     }
     let dir = ConfigDir::new();
     let home = dir.path();
