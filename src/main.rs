@@ -12,6 +12,8 @@ use sts_broker::logging::{self, LogFormat};
 use sts_broker::signals::{self, Control};
 use sts_broker::{Broker, commands};
 
+mod startup_pages;
+
 /// sysexits: the command line asks for something that does not exist.
 const EX_USAGE: u8 = 64;
 /// sysexits: the config is invalid.
@@ -248,7 +250,12 @@ async fn serve(config: Config, ctx: LoadContext, watch: Option<std::time::Durati
     };
     // The supervisor borrows the broker; it ends before the broker is shut down.
     {
-        let supervise = sts_broker::systemd::supervise(&broker);
+        let supervise = async {
+            tokio::join!(
+                sts_broker::systemd::supervise(&broker),
+                startup_pages::release_when_ready(&broker)
+            );
+        };
         tokio::pin!(supervise);
         let mut watcher = watch.zip(path.clone()).map(|(every, path)| {
             tracing::info!(every_s = every.as_secs_f64(), config = %path.display(), "watching the config and token files for changes");
