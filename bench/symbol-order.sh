@@ -21,7 +21,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # The profile needs the symbols the shipped binary strips.
-bin=$(CARGO_PROFILE_RELEASE_STRIP=false bash scripts/build-release.sh)
+bin=$(KEEP_SYMBOLS=1 bash scripts/build-release.sh)
 tmp=$(mktemp -d)
 pids=()
 cleanup() {

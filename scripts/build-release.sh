@@ -28,10 +28,18 @@ BIN=${CARGO_TARGET_DIR:-$PWD/target}/$TARGET/release/sts-broker
 # applies to itself at start shrinks from ~480 KB of .rela.dyn to ~5 KB of .relr.dyn; the
 # binary stays position-independent (ASLR).
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C force-unwind-tables=no -C link-arg=-Wl,-z,pack-relative-relocs" \
-  cargo rustc --quiet --release --locked --bin sts-broker --target "$TARGET" -- \
+  CARGO_PROFILE_RELEASE_STRIP=false cargo rustc --quiet --release --locked --bin sts-broker --target "$TARGET" -- \
   --cfg "symbol_order=\"$(sha256sum scripts/symbol-order.txt | cut -c1-16)\"" \
   -C link-arg=-Wl,--symbol-ordering-file="$PWD/scripts/symbol-order.txt" \
   -C link-arg=-Wl,--no-warn-symbol-ordering >&2
+# Symbols are stripped here rather than by the profile (`strip = true`): the profile is part of
+# every crate's symbol hashes, and scripts/symbol-order.txt names the symbols of this very build
+# (bench/symbol-order.sh profiles it with KEEP_SYMBOLS=1). A new file, not in place: the
+# artifact is a hard link to cargo's copy under deps/, which keeps its symbols.
+if [ -z "${KEEP_SYMBOLS:-}" ]; then
+  strip -o "$BIN.stripped" "$BIN"
+  mv "$BIN.stripped" "$BIN"
+fi
 if LC_ALL=C readelf -lW "$BIN" | grep -q 'Requesting program interpreter'; then
   echo "build-release: $BIN is dynamically linked" >&2
   exit 1
