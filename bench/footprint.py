@@ -7,7 +7,9 @@ For each binary, with one role against the STS at URL:
 - exec to ready: the time from fork+exec to the broker's READY=1 on a NOTIFY_SOCKET this script
   listens on (what systemd's Type=notify waits for), median and min of --starts runs;
 - idle memory: VmRSS and the /proc/PID/smaps split (the binary's own pages, the shared
-  libraries, heap and other anonymous memory), 5 s after ready;
+  libraries, heap and other anonymous memory), 5 s after ready; VmRSS again after the idle
+  window, after the hot path (with --hot-rounds) and after one forced refresh (an STS call:
+  `POST /v1/roles/app/refresh` on the admin listener);
 - idle wake-ups: voluntary + involuntary context switches of every thread over --idle seconds
   after that (each is one wake-up of a thread), and the CPU time used.
 All binaries run at the same time during the idle window, so they see the same machine.
@@ -234,11 +236,23 @@ def main():
                 results[label]["hot_rps_median"] = round(statistics.median(x[0] for x in r))
                 results[label]["hot_p50_ms"] = round(statistics.median(x[1] for x in r), 3)
                 results[label]["hot_p99_ms"] = round(statistics.median(x[2] for x in r), 3)
+            for label, _, proc, _ in running:
+                results[label]["rss_kib_after_hot"] = status(proc.pid, "VmRSS")
+        # An STS call (what every refresh does, with its TLS handshake in production) maps the
+        # SDK's code again: the RSS between refreshes, after one.
+        for label, _, proc, addrs in running:
+            url = f"http://{addrs['admin']}/v1/roles/app/refresh"
+            urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=30).read()
+        time.sleep(2)
+        for label, _, proc, _ in running:
+            results[label]["rss_kib_after_refresh"] = status(proc.pid, "VmRSS")
         for _, _, proc, _ in running:
             proc.terminate()
             proc.wait(10)
     hot = ["hot_rps_median", "hot_p50_ms", "hot_p99_ms"] if args.hot_rounds else []
-    cols = hot + ["file_bytes", "ready_ms_median", "ready_ms_min", "rss_kib", "rss_kib_after_idle", "binary_kib",
+    cols = hot + ["file_bytes", "ready_ms_median", "ready_ms_min", "rss_kib", "rss_kib_after_idle"]
+    cols += ["rss_kib_after_hot"] if args.hot_rounds else []
+    cols += ["rss_kib_after_refresh", "binary_kib",
             "binary_dirty_kib", "libs_kib", "anon_kib", "threads", "wakeups_per_s", "idle_cpu_ms_per_min"]
     print("| " + " | ".join(["binary"] + cols) + " |")
     print("|" + "---|" * (len(cols) + 1))

@@ -11,6 +11,8 @@ use sts_broker::daemon::{self, ServeError};
 use sts_broker::iam::{PolicyDocument, PolicyFormat};
 use sts_broker::logging::{self, LogFormat};
 
+mod startup_pages;
+
 /// sysexits: the command line asks for something that does not exist.
 const EX_USAGE: u8 = 64;
 /// sysexits: the config is invalid.
@@ -220,7 +222,11 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// `serve`: the library runs the daemon; this maps how it ended to an exit code.
 async fn serve(config: Config, ctx: LoadContext, watch: Option<std::time::Duration>) -> ExitCode {
-    match daemon::serve(config, ctx, watch).await {
+    // Once ready, the binary releases the code pages start-up faulted in (footprint).
+    let companion = async |broker: &sts_broker::Broker| {
+        startup_pages::release_when_ready(broker).await;
+    };
+    match daemon::serve_with(config, ctx, watch, companion).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(ServeError::Signals(e)) => {
             tracing::error!(error = %e, "cannot install signal handlers");

@@ -152,7 +152,7 @@ fn init_test_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
-            .with_env_filter("info")
+            .with_max_level(tracing::Level::INFO)
             .try_init();
     }
 }
