@@ -28,8 +28,8 @@ pub enum StartError {
     /// A listen address is taken or not local.
     #[error("cannot listen on {addr} ({endpoint}): {source}")]
     Bind {
-        /// `ecs`, `admin` or `imds`.
-        endpoint: &'static str,
+        /// The listener (`ecs`, `admin` or `imds` in the message).
+        endpoint: crate::server::Endpoint,
         /// The configured address.
         addr: SocketAddr,
         /// What the OS said.

@@ -16,7 +16,7 @@ use crate::broker::{SHUTDOWN_GRACE, StartError};
 use crate::config::{self, Config};
 use crate::fdlimit;
 use crate::metrics::Metrics;
-use crate::server::{self, admin, ecs, http, imds};
+use crate::server::{self, Endpoint, admin, ecs, http, imds};
 use crate::state::Snapshot;
 use crate::supervisor::RoleSupervisor;
 
@@ -52,10 +52,10 @@ impl Bound {
     /// # Errors
     /// When an address cannot be bound or the hop limit cannot be set.
     pub async fn bind(config: &Config) -> Result<Bound, StartError> {
-        let ecs = bind_all("ecs", &config.ecs.listen).await?;
-        let admin = bind_all("admin", &config.admin.listen).await?;
+        let ecs = bind_all(Endpoint::Ecs, &config.ecs.listen).await?;
+        let admin = bind_all(Endpoint::Admin, &config.admin.listen).await?;
         let imds = match &config.imds {
-            Some(i) => bind_all("imds", &i.listener.listen).await?,
+            Some(i) => bind_all(Endpoint::Imds, &i.listener.listen).await?,
             None => Vec::new(),
         };
         let hop_limit = config.imds.as_ref().map(|i| i.hop_limit);
@@ -69,19 +69,28 @@ impl Bound {
             );
             b
         });
-        let ecs_limits = limits("ecs", &config.ecs, None, budgets.map(|b| b.data));
-        let admin_limits = limits("admin", &config.admin, None, budgets.map(|b| b.admin));
-        let imds_limits = config
-            .imds
-            .as_ref()
-            .map(|i| limits("imds", &i.listener, hop_limit, budgets.map(|b| b.data)));
+        let ecs_limits = limits(Endpoint::Ecs, &config.ecs, None, budgets.map(|b| b.data));
+        let admin_limits = limits(
+            Endpoint::Admin,
+            &config.admin,
+            None,
+            budgets.map(|b| b.admin),
+        );
+        let imds_limits = config.imds.as_ref().map(|i| {
+            limits(
+                Endpoint::Imds,
+                &i.listener,
+                hop_limit,
+                budgets.map(|b| b.data),
+            )
+        });
         for l in &imds {
             let v6 = l.local_addr().is_ok_and(|a| a.is_ipv6());
             if let Some(hops) = hop_limit
                 && let Err(source) = http::set_hop_limit(socket2::SockRef::from(l), v6, hops)
             {
                 return Err(StartError::Bind {
-                    endpoint: "imds",
+                    endpoint: Endpoint::Imds,
                     addr: l.local_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into()),
                     source,
                 });
@@ -173,7 +182,7 @@ impl Listeners {
 }
 
 async fn bind_all(
-    endpoint: &'static str,
+    endpoint: Endpoint,
     addrs: &[SocketAddr],
 ) -> Result<Vec<TcpListener>, StartError> {
     let mut out = Vec::with_capacity(addrs.len());
@@ -193,7 +202,7 @@ async fn bind_all(
 /// The fixed limits of a listener: its configured `max_connections`, lowered to its share of
 /// the file descriptors (`budget`) when that is smaller.
 fn limits(
-    endpoint: &'static str,
+    endpoint: Endpoint,
     l: &config::ListenerConfig,
     hop_limit: Option<u32>,
     budget: Option<usize>,
@@ -201,9 +210,9 @@ fn limits(
     let max_connections = match budget {
         // Admin's share is an eighth by design (probes and scrapes need few connections):
         // lowering it is expected, not worth a warning.
-        Some(b) if b < l.max_connections && endpoint == "admin" => {
+        Some(b) if b < l.max_connections && endpoint == Endpoint::Admin => {
             tracing::info!(
-                endpoint,
+                %endpoint,
                 configured = l.max_connections,
                 budget = b,
                 "max_connections set to the admin share of the file descriptor limit"
@@ -212,7 +221,7 @@ fn limits(
         }
         Some(b) if b < l.max_connections => {
             tracing::warn!(
-                endpoint,
+                %endpoint,
                 configured = l.max_connections,
                 budget = b,
                 "max_connections lowered to this listener's share of the file descriptor limit (raise LimitNOFILE / ulimit -n)"
