@@ -13,7 +13,7 @@
 //!   per-role state in [`cache::slot`];
 //! - [`refresh`]: the schedule (refresh ahead, jitter, back-off, rate limit) and the
 //!   [`refresh::Fetcher`] the cache calls;
-//! - [`server`]: the ECS and admin listeners (read the cache, never STS);
+//! - [`server`]: the ECS, IMDS and admin handlers (read the cache, never STS);
 //! - [`state`]: the one configuration snapshot handlers, the fetcher and the refresh loops
 //!   read; [`supervisor`]: publishes it and starts, keeps and stops the refresh tasks;
 //!   [`listeners`]: binds and serves the ECS, IMDS and admin listeners;
@@ -26,6 +26,7 @@
 //! Imports run one way: `config` ← `sts`/`source` ← `refresh` → `cache` ← `server`.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod audit;
 pub mod broker;

@@ -39,7 +39,9 @@ pub const CAPPED_TARGETS: &[&str] = &[
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
+    /// One JSON object per line: what log collectors parse.
     Json,
+    /// Human-readable lines for a terminal.
     Pretty,
 }
 
