@@ -45,14 +45,7 @@ async fn every_credential_response_is_audited_without_secrets() {
     );
     assert_eq!(broker.ecs_get("app", None).await.status, 401);
     assert_eq!(broker.ecs_get("nope", Some(TOKEN)).await.status, 404);
-    let token = broker.imds_token("60").await;
-    let imds = broker
-        .imds_request(
-            "GET",
-            "/latest/meta-data/iam/security-credentials/app",
-            &[("X-aws-ec2-metadata-token", &token)],
-        )
-        .await;
+    let imds = broker.imds_credentials("app").await;
     assert_eq!(imds.status, 200);
     // Not credential responses: not audited.
     broker.admin_get("/healthz").await;

@@ -418,6 +418,14 @@ impl Endpoints {
         r.body
     }
 
+    /// `GET /latest/meta-data/iam/security-credentials/{role}` with a fresh token, as an SDK.
+    pub async fn imds_credentials(&self, role: &str) -> HttpResponse {
+        let token = self.imds_token("60").await;
+        let path = format!("/latest/meta-data/iam/security-credentials/{role}");
+        self.imds_request("GET", &path, &[("X-aws-ec2-metadata-token", &token)])
+            .await
+    }
+
     pub async fn admin_get(&self, path: &str) -> HttpResponse {
         request(self.admin, "GET", path, &[]).await
     }
@@ -643,4 +651,12 @@ pub fn assert_check_reports(dir: &ConfigDir, path: &Path, wants: &[&str]) {
     for want in wants {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
+}
+
+/// Asserts `v` holds the fake STS's secret and session token (under `token_key`: `Token` for
+/// ECS and IMDS bodies, `SessionToken` for credential_process).
+pub fn assert_fake_secrets(v: &serde_json::Value, token_key: &str) {
+    let field = |k: &str| v[k].as_str().unwrap_or_else(|| panic!("no {k} in {v}"));
+    assert!(field("SecretAccessKey").starts_with("fake-secret-"), "{v}");
+    assert!(field(token_key).starts_with("fake-token-"), "{v}");
 }

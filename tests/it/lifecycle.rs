@@ -314,18 +314,7 @@ async fn credential_process_prints_version_1_json() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["Version"], 1);
     assert!(v["AccessKeyId"].as_str().unwrap().starts_with("ASIAFAKE"));
-    assert!(
-        v["SecretAccessKey"]
-            .as_str()
-            .unwrap()
-            .starts_with("fake-secret-")
-    );
-    assert!(
-        v["SessionToken"]
-            .as_str()
-            .unwrap()
-            .starts_with("fake-token-")
-    );
+    assert_fake_secrets(&v, "SessionToken");
     assert!(v["Expiration"].as_str().unwrap().ends_with('Z'));
     assert_eq!(sts.calls(), 1);
     assert!(!err.contains("fake-secret"), "{err}");
@@ -333,33 +322,15 @@ async fn credential_process_prints_version_1_json() {
 
 #[tokio::test]
 async fn systemd_notify_ready_watchdog_and_stopping() {
-    use tokio::net::UnixDatagram;
     let sts = FakeSts::start().await;
     sts.set_delay(Duration::from_millis(300));
     let dir = ConfigDir::new();
-    let socket_path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    let socket_str = socket_path.display().to_string();
-    let mut broker = TestBroker::start_wrapped(
-        &dir,
-        &(config_head(&sts.url()) + &role("app", "")),
-        "info",
-        &[],
-        &[("NOTIFY_SOCKET", &socket_str), ("WATCHDOG_USEC", "400000")],
-    )
-    .await;
+    let (mut broker, mut notify) =
+        NotifySocket::start_broker(&sts, &dir, &[("WATCHDOG_USEC", "400000")]).await;
     let mut received = Vec::new();
-    let mut buf = vec![0u8; 4096];
-    let mut recv = async || {
-        let n = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
-            .await
-            .expect("a notification within 10 s")
-            .unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
     // READY=1 only once the credentials are in (the fake STS answers after 300 ms).
     while !received.iter().any(|m: &String| m.contains("READY=1")) {
-        received.push(recv().await);
+        received.push(notify.recv().await);
     }
     assert!(sts.calls() >= 1, "ready before any STS call: {received:?}");
     assert!(
@@ -369,14 +340,14 @@ async fn systemd_notify_ready_watchdog_and_stopping() {
     // Watchdog pings every 200 ms (half of WATCHDOG_USEC).
     let mut pings = 0;
     while pings < 3 {
-        if recv().await.contains("WATCHDOG=1") {
+        if notify.recv().await.contains("WATCHDOG=1") {
             pings += 1;
         }
     }
     broker.signal("TERM");
     let mut stopping = false;
     for _ in 0..20 {
-        if recv().await.contains("STOPPING=1") {
+        if notify.recv().await.contains("STOPPING=1") {
             stopping = true;
             break;
         }
@@ -396,30 +367,10 @@ async fn systemd_notify_ready_watchdog_and_stopping() {
 /// READY=1, found by bench/footprint.sh).
 #[tokio::test]
 async fn systemd_notify_without_a_watchdog_keeps_serving_after_ready() {
-    use tokio::net::UnixDatagram;
     let sts = FakeSts::start().await;
     let dir = ConfigDir::new();
-    let socket_path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    let socket_str = socket_path.display().to_string();
-    let mut broker = TestBroker::start_wrapped(
-        &dir,
-        &(config_head(&sts.url()) + &role("app", "")),
-        "info",
-        &[],
-        &[("NOTIFY_SOCKET", &socket_str)],
-    )
-    .await;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
-            .await
-            .expect("READY=1 within 10 s")
-            .unwrap();
-        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-            break;
-        }
-    }
+    let (mut broker, mut notify) = NotifySocket::start_broker(&sts, &dir, &[]).await;
+    while !notify.recv().await.contains("READY=1") {}
     // The supervisor's next turns come after READY=1: give them time, then check it still runs.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(broker.ecs_get("app", Some(TOKEN)).await.status, 200);
@@ -428,4 +379,38 @@ async fn systemd_notify_without_a_watchdog_keeps_serving_after_ready() {
         "the broker exited after READY=1:\n{}",
         broker.logs()
     );
+}
+
+/// The systemd notify socket a broker under test reports to (`NOTIFY_SOCKET`).
+struct NotifySocket {
+    socket: tokio::net::UnixDatagram,
+    buf: Vec<u8>,
+}
+
+impl NotifySocket {
+    /// Starts the binary with one role, `NOTIFY_SOCKET` pointing at a new socket, and `env`.
+    async fn start_broker(
+        sts: &FakeSts,
+        dir: &ConfigDir,
+        env: &[(&str, &str)],
+    ) -> (TestBroker, NotifySocket) {
+        let path = dir.path().join("notify.sock");
+        let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
+        let path = path.display().to_string();
+        let mut all = vec![("NOTIFY_SOCKET", path.as_str())];
+        all.extend_from_slice(env);
+        let config = config_head(&sts.url()) + &role("app", "");
+        let broker = TestBroker::start_wrapped(dir, &config, "info", &[], &all).await;
+        let buf = vec![0u8; 4096];
+        (broker, NotifySocket { socket, buf })
+    }
+
+    /// The next notification, within 10 s.
+    async fn recv(&mut self) -> String {
+        let n = tokio::time::timeout(Duration::from_secs(10), self.socket.recv(&mut self.buf))
+            .await
+            .expect("a notification within 10 s")
+            .unwrap();
+        String::from_utf8_lossy(&self.buf[..n]).into_owned()
+    }
 }
