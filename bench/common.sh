@@ -44,7 +44,11 @@ broker_addr() {
     python3 - "$1" "$2" <<'PY'
 import json, sys, time
 for _ in range(1200):
-    for line in open(sys.argv[1]):
+    try:
+        lines = open(sys.argv[1]).readlines()
+    except FileNotFoundError:  # the background job has not opened its log yet
+        lines = []
+    for line in lines:
         try:
             e = json.loads(line)
         except ValueError:

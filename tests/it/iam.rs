@@ -374,6 +374,8 @@ fn readme_bash_blocks(title: &str) -> Vec<String> {
 const PRELUDE: &str = r#"set -euo pipefail
 start_broker() {
   printf '\n[ecs]\nlisten = "127.0.0.1:0"\n\n[admin]\nlisten = "127.0.0.1:0"\n' >> broker.toml
+  # The log exists before the background job opens it: the sed below must not race it.
+  : >broker.log
   sts-broker serve -c broker.toml 2>broker.log & BROKER_PID=$!
   for _ in $(seq 400); do
     ECS=$(sed -n 's/.*"endpoint":"ecs","addr":"\([^"]*\)".*/\1/p' broker.log | head -n 1)
