@@ -109,8 +109,31 @@ mod tests {
             }
         }
         assert!(code, "no executable span in {segments:x?}");
+        let before = resident_kib(&exe);
         super::release();
+        let after = resident_kib(&exe);
+        // The release really drops mappings (other test threads fault a few pages back in),
+        // and the process runs on: the code it needs faults back from the page cache.
+        assert!(after < before, "resident {before} KiB -> {after} KiB");
         assert_eq!(format!("{}", 40 + 2), "42");
         assert_eq!(super::read_only_segments(), segments);
+    }
+
+    /// KiB of `exe`'s non-writable mappings resident now (/proc/self/smaps).
+    fn resident_kib(exe: &std::path::Path) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut counting = false;
+        let mut total = 0;
+        for line in smaps.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.first()
+                .is_some_and(|a| a.contains('-') && !a.ends_with(':'))
+            {
+                counting = f.len() >= 6 && !f[1].contains('w') && std::path::Path::new(f[5]) == exe;
+            } else if counting && f.first() == Some(&"Rss:") {
+                total += f[1].parse::<u64>().unwrap();
+            }
+        }
+        total
     }
 }
