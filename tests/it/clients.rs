@@ -65,8 +65,9 @@ impl Setup {
 
 const EXPECTED_ARN: &str = "arn:aws:sts::123456789012:assumed-role/app/sdk-test";
 
+/// Runs a client to completion; its stdout, or a failure showing both streams.
 #[track_caller]
-fn run_ok(cmd: &mut Command) -> String {
+pub(crate) fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run client");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -190,21 +191,30 @@ async fn rust_aws_config_ecs_and_imds_providers_read_credentials() {
     // binary again as a child with the variables set (see `rust_client_child`).
     let exe = std::env::current_exe().unwrap();
     for (mode, mut cmd) in [("ecs", s.client(&exe, true)), ("imds", s.imds_client(&exe))] {
-        cmd.env("STS_BROKER_RUST_CHILD_MOTO", &s.moto.url)
-            .env("STS_BROKER_RUST_CHILD_MODE", mode)
-            .args([
-                "clients::rust_client_child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ]);
-        let out = run_ok(&mut cmd);
+        let out = run_ok(as_rust_child(&mut cmd, &s.moto.url, mode));
         assert!(
             out.contains(&format!("ARN={EXPECTED_ARN}")),
             "{mode}: {out}"
         );
     }
+}
+
+/// Makes `cmd` (this test binary, with the client environment set) run `rust_client_child`:
+/// aws-config's `mode` provider ("ecs" or "imds") calling GetCallerIdentity on `moto_url`.
+pub(crate) fn as_rust_child<'c>(
+    cmd: &'c mut Command,
+    moto_url: &str,
+    mode: &str,
+) -> &'c mut Command {
+    cmd.env("STS_BROKER_RUST_CHILD_MOTO", moto_url)
+        .env("STS_BROKER_RUST_CHILD_MODE", mode)
+        .args([
+            "clients::rust_client_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
 }
 
 /// Runs only as the child of `rust_aws_config_ecs_and_imds_providers_read_credentials`

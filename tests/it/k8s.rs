@@ -12,6 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 
+use crate::clients::{as_rust_child, run_ok};
 use crate::fake_sts::{FakeSts, RecordedRequest};
 use crate::helpers::*;
 use crate::inproc::spawn_broker;
@@ -883,18 +884,6 @@ async fn sdk_clients_read_a_rotating_projected_token_file() {
             .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &token_file);
         cmd
     };
-    let run_ok = |cmd: &mut std::process::Command| {
-        let out = cmd.output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{}\nstdout: {stdout}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    };
-
     // boto3, role URL.
     rotate();
     let script = "import boto3, sys\n\
@@ -933,16 +922,7 @@ async fn sdk_clients_read_a_rotating_projected_token_file() {
     rotate();
     let exe = std::env::current_exe().unwrap();
     let mut cmd = client(&exe, &roleless_url);
-    cmd.env("STS_BROKER_RUST_CHILD_MOTO", &moto.url)
-        .env("STS_BROKER_RUST_CHILD_MODE", "ecs")
-        .args([
-            "clients::rust_client_child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ]);
-    let out = run_ok(&mut cmd);
+    let out = run_ok(as_rust_child(&mut cmd, &moto.url, "ecs"));
     assert!(out.contains(&format!("ARN={expected}")), "Rust: {out}");
 
     // Four different pod tokens, one service account: one session, one AssumeRole.
